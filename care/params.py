@@ -1,0 +1,156 @@
+"""Run parameters: params.yaml (every knob of a run), `--set KEY=VALUE` overrides, and a stable digest."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from care.errors import UsageError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataParams(_Section):
+    path: str = "data/sessions.jsonl"
+    instrument: str = "wai-sr"
+    limit: int | None = None  # keep the first N sessions (CI-sized runs)
+
+
+class TinyParams(_Section):
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    intermediate_size: int = 344
+    layers: int = 2
+    heads: int = 4
+    max_position: int = 4096
+    pretrain_sessions: int = 300
+    pretrain_steps: int = 300
+    pretrain_lr: float = 3e-3
+    pretrain_batch: int = 8
+    seed: int = 7
+
+
+class ModelParams(_Section):
+    preset: Literal["tiny", "llama-3.1-8b-instruct", "qwen2.5-7b-instruct"] = "tiny"
+    base: str | None = None  # hub id or local path for the real presets (default: the preset's hub id)
+    finetune: Literal["lora", "full"] = "lora"
+    max_length: int = 1024
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    gradient_checkpointing: bool | None = None  # None: on for real presets, off for tiny
+    tiny: TinyParams = TinyParams()
+
+
+class LoraParams(_Section):
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainParams(_Section):
+    targets: Literal["rationale", "score_only"] = "rationale"
+    packing: Literal["item", "session"] = "item"
+    epochs: float = 3
+    max_steps: int | None = None
+    lr: float = 1e-3
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.1
+    batch_size: int = 8
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    seed: int = 123
+
+
+class CvParams(_Section):
+    folds: int = Field(5, ge=2)
+    seed: int = 123
+
+
+class EvalParams(_Section):
+    readout: Literal["expected", "greedy"] = "expected"
+    zero_shot: bool = True
+    rationale_sample: int = 24
+    rationale_max_new_tokens: int = 96
+    batch_size: int = 16
+
+
+class GateParams(_Section):
+    min_pearson: dict[str, float] = {}
+    max_mse: dict[str, float] = {}
+    beat_on_pearson: list[str] = ["counselor"]
+    beat_on_mse: list[str] = ["train_mean"]
+
+
+class ReleaseParams(_Section):
+    out: str = "release"
+    parity_sessions: int = 3
+    max_logit_diff: float = 1e-3
+    max_score_diff: float = 1e-3
+    merge_max_logit_diff: float = 1e-3
+
+
+class RegistryParams(_Section):
+    model_name: str = "care-alliance"
+    stage_on_pass: Literal["staging", "none"] = "staging"
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    lora: LoraParams = LoraParams()
+    train: TrainParams = TrainParams()
+    cv: CvParams = CvParams()
+    eval: EvalParams = EvalParams()
+    gate: GateParams = GateParams()
+    release: ReleaseParams = ReleaseParams()
+    registry: RegistryParams = RegistryParams()
+
+    def digest(self, *sections: str) -> str:
+        """sha256 over the canonical JSON of the given sections (all when none are named)."""
+        dump = self.model_dump(mode="json")
+        if sections:
+            dump = {k: dump[k] for k in sections}
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()
+
+
+def _apply_override(tree: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise UsageError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.targets=score_only")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UsageError(f"--set {key}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read params (a missing default file means all defaults) and apply `KEY=VALUE` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if p.exists():
+            try:
+                tree = yaml.safe_load(p.read_text("utf-8")) or {}
+            except yaml.YAMLError:
+                raise UsageError(f"{p}: not valid YAML") from None
+        elif str(path) != "params.yaml":
+            raise UsageError(f"{p}: params file not found")
+    tree = copy.deepcopy(tree)
+    for assignment in overrides or []:
+        _apply_override(tree, assignment)
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)]
+        raise UsageError(f"{path or 'params'}: " + "; ".join(lines)) from None
