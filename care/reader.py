@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from care.errors import CareError, Problem
+from care.errors import CareError, Problem, label
 from care.schema import Session
 
 
@@ -20,16 +20,24 @@ class ParsedFile:
     sessions: list[Session] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    n_lines: int = 0  # non-blank lines read
 
 
 def _session_id_of(obj: object) -> str:
     if isinstance(obj, dict) and isinstance(obj.get("session_id"), str):
-        return obj["session_id"][:80]
+        return label(obj["session_id"], 80)
     return "?"
 
 
 def _field_of(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "<line>"
+    """A pydantic error location as a field path: ``turns[3].speaker``, ``client_ratings.7``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + label(str(part), 40)
+    return out or "<line>"
 
 
 def read_jsonl(path: str | Path) -> ParsedFile:
@@ -57,10 +65,11 @@ def read_jsonl(path: str | Path) -> ParsedFile:
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
+        out.n_lines += 1
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            out.problems.append(Problem(lineno, "?", "<json>", f"malformed JSON ({exc.msg} at column {exc.colno})", str(path)))
+            out.problems.append(Problem(lineno, "?", "<json>", f"malformed JSON: {exc.msg} (column {exc.colno})", str(path)))
             continue
         except RecursionError:
             out.problems.append(Problem(lineno, "?", "<json>", "JSON nested too deeply", str(path)))
