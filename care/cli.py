@@ -87,6 +87,144 @@ def validate(
     typer.echo(f"{path}: {result.n_sessions} sessions valid")
 
 
+# ------------------------------------------------------------------------------ care models (registry)
+# The rules live in care.promotion; ZenML is reached only through pipelines.registry, imported lazily.
+
+_MODEL_NAME_OPT = typer.Option(None, "--model-name", help="Registered model name (default: registry.model_name in params).")
+_PARAMS_OPT = typer.Option(Path("params.yaml"), "--params", help="Params file giving registry.model_name.")
+
+
+def _registry(params: Path, model_name: Optional[str]):
+    """(pipelines.registry module, model name); the ZenML import happens here, not at CLI start-up."""
+    os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "WARN")
+    from care.params import load_params
+
+    name = model_name or load_params(params).registry.model_name
+    from pipelines import registry
+
+    return registry, name
+
+
+@models_app.command("list")
+@handles_errors
+def models_list(
+    model_name: Optional[str] = _MODEL_NAME_OPT,
+    params: Path = _PARAMS_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List versions: version, stage, created, gate, key metrics (mean Pearson / MSE), data version."""
+    import json
+
+    registry, name = _registry(params, model_name)
+    rows = registry.list_versions(name)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    cols = ["version", "stage", "created", "gate_passed", "key_metrics", "data_version"]
+    cells = [[("-" if r.get(c) is None else str(r[c])) for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    typer.echo(f"model {name}: {len(rows)} version(s)")
+    typer.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+    for row in cells:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@models_app.command("show")
+@handles_errors
+def models_show(
+    version: Optional[str] = typer.Argument(None, help="Version number."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="staging or production (instead of a version)."),
+    model_name: Optional[str] = _MODEL_NAME_OPT,
+    params: Path = _PARAMS_OPT,
+) -> None:
+    """Print all metadata of one version (by number or by stage) as JSON."""
+    import json
+
+    registry, name = _registry(params, model_name)
+    typer.echo(json.dumps(registry.show_version(name, version=version, stage=stage), indent=2, sort_keys=True))
+
+
+@models_app.command("promote")
+@handles_errors
+def models_promote(
+    version: str = typer.Argument(..., help="Version number to promote."),
+    stage: str = typer.Option(..., "--stage", help="staging, production or archived."),
+    force: bool = typer.Option(False, "--force", help="Promote to production even when worse than the holder "
+                                                       "(never overrides a failed gate)."),
+    model_name: Optional[str] = _MODEL_NAME_OPT,
+    params: Path = _PARAMS_OPT,
+) -> None:
+    """Move a version to a stage; production only when not worse than the current holder (or --force)."""
+    registry, name = _registry(params, model_name)
+    try:
+        decision = registry.promote(version, stage, name, force=force)
+    except CareError as exc:
+        refused = getattr(exc, "decision", None)
+        if refused is not None and refused.comparison is not None:
+            typer.echo(refused.comparison.table())
+        raise
+    if decision.comparison is not None:
+        typer.echo(decision.comparison.table())
+    typer.echo(f"{name} version {version} -> {stage}: {decision.reason}")
+
+
+@models_app.command("pull")
+@handles_errors
+def models_pull(
+    out: Path = typer.Option(..., "--out", help="Directory to create (must not exist or be empty)."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="staging or production."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version number."),
+    model_name: Optional[str] = _MODEL_NAME_OPT,
+    params: Path = _PARAMS_OPT,
+) -> None:
+    """Copy a version's release package to DIR, verifying every sha256; nothing is left at DIR on failure."""
+    registry, name = _registry(params, model_name)
+    info = registry.pull_package(out, name, version=version, stage=stage)
+    typer.echo(f"pulled {name} version {info['version']} to {info['out']} (verified)")
+
+
+@app.command()
+@handles_errors
+def score(
+    input_path: Path = typer.Argument(..., metavar="INPUT.jsonl", help="Sessions to score (annotation format; ratings optional)."),
+    model: Path = typer.Option(..., "--model", help="Release package directory (verified against its manifest)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output JSONL (default: stdout); written atomically."),
+    rationales: bool = typer.Option(False, "--rationales", help="Also generate a rationale per item (greedy, bounded)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda fails unless ONNX Runtime really uses CUDA)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Item prompts per batch over a shared transcript cache."),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1, help="Rationale length bound (tokens)."),
+) -> None:
+    """Score sessions with a release package on ONNX Runtime (no PyTorch): one JSON line per session."""
+    import json
+
+    from care.onnx_scoring import load_package, result_record, score_sessions
+    from care.validation import load_valid_sessions
+
+    if device not in ("cpu", "cuda"):
+        raise CareError(f"--device {device!r}: expected cpu or cuda")
+    from care.errors import InvalidData
+
+    pkg = load_package(model, device=device)
+    try:
+        sessions = load_valid_sessions(input_path, instrument=pkg.instrument, ratings_required=False)
+    except InvalidData as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        fail(f"{input_path}: {len(exc.problems)} problem(s); nothing scored")
+    scores = score_sessions(pkg, sessions, batch_size=batch_size, rationales=rationales, max_new_tokens=max_new_tokens)
+    lines = [json.dumps(result_record(s, pkg.instrument, rationales), ensure_ascii=False) for s in scores]
+    if out is None:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+    else:
+        from care.fsutil import atomic_write_lines
+
+        atomic_write_lines(out, lines)
+    unparsed = sum(1 for s in scores for i in s.items.values() if i.greedy is None)
+    truncated = sum(s.truncated for s in scores)
+    typer.echo(f"scored {len(scores)} session(s); greedy unparsed: {unparsed}; truncated transcripts: {truncated}"
+               + (f"; wrote {out}" if out else ""), err=True)
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 
