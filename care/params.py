@@ -32,9 +32,10 @@ class TinyParams(_Section):
     heads: int = 4
     max_position: int = 4096
     pretrain_sessions: int = 300
-    pretrain_steps: int = 300
+    pretrain_steps: int = 200
     pretrain_lr: float = 3e-3
     pretrain_batch: int = 8
+    pretrain_window: int = 256  # tokens per pretraining row (windows of the documents)
     seed: int = 7
 
 
@@ -43,6 +44,7 @@ class ModelParams(_Section):
     base: str | None = None  # hub id or local path for the real presets (default: the preset's hub id)
     finetune: Literal["lora", "full"] = "lora"
     max_length: int = 1024
+    target_tokens: int = 192  # room kept after each prompt for the target (score + rationale); longer is clipped
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     gradient_checkpointing: bool | None = None  # None: on for real presets, off for tiny
     tiny: TinyParams = TinyParams()
@@ -58,14 +60,21 @@ class LoraParams(_Section):
 class TrainParams(_Section):
     targets: Literal["rationale", "score_only"] = "rationale"
     packing: Literal["item", "session"] = "item"
-    epochs: float = 3
+    epochs: float = 1
     max_steps: int | None = None
-    lr: float = 1e-3
+    lr: float = 3e-3
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = 0.1
-    batch_size: int = 8
-    grad_accum: int = 1
+    batch_size: int = 6  # examples per micro-batch; with share_prefix each is half a session's 12 items
+    grad_accum: int = 4
     weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # encode a session's transcript once per batch and reuse its key/value cache for the batch's items
+    # (same loss as separate examples; batches then never mix sessions). Off under gradient checkpointing.
+    share_prefix: bool = True
+    # weight of the score digit (the first target token) against each rationale token in the loss; 1 is
+    # plain token-mean cross-entropy (the paper); with score_only targets it weighs the digit against EOS.
+    score_weight: float = 30.0
     seed: int = 123
 
 
@@ -83,10 +92,13 @@ class EvalParams(_Section):
 
 
 class GateParams(_Section):
-    min_pearson: dict[str, float] = {}
-    max_mse: dict[str, float] = {}
-    beat_on_pearson: list[str] = ["counselor"]
-    beat_on_mse: list[str] = ["train_mean"]
+    """Release gate on the cross-validated means (see care.gate). Keys are dimensions; "*" applies to
+    every dimension in cv.json not named explicitly. A named dimension missing from cv.json fails."""
+
+    min_pearson: dict[str, float] = {"*": 0.3}
+    max_mse: dict[str, float] = {"*": 1.0}
+    beat_on_pearson: list[str] = ["counselor"]  # model mean pearson > baseline mean pearson, per dimension
+    beat_on_mse: list[str] = ["train_mean"]  # model mean mse < baseline mean mse, per dimension
 
 
 class ReleaseParams(_Section):
@@ -95,6 +107,10 @@ class ReleaseParams(_Section):
     max_logit_diff: float = 1e-3
     max_score_diff: float = 1e-3
     merge_max_logit_diff: float = 1e-3
+    export_device: Literal["cpu", "cuda"] = "cpu"  # cuda: fp16 ONNX, parity against the fp16 thresholds below
+    fp16_max_logit_diff: float = 0.1
+    fp16_max_score_diff: float = 0.02
+    score_batch_size: int = 16  # item prompts per batch over a shared transcript cache (care score)
 
 
 class RegistryParams(_Section):

@@ -1,0 +1,199 @@
+"""Scoring speed: naive PyTorch `generate` per item vs PyTorch shared transcript cache vs ONNX Runtime package.
+
+Same model (the `tiny` preset base built by care.base_models, or `--random` for a random tiny Llama), same
+synthetic sessions of CounselingWAI length (default 100 sessions of about 78 utterances), scores only:
+
+  (a) naive: one `model.generate` per (session, item) on the full prompt, the score read from the first
+      generated step's logits (as the paper's inference does, one prompt at a time);
+  (b) PyTorch with the shared transcript cache (care.scoring.score_sessions, shared_cache=True);
+  (c) the `care score` path: the exported, packaged model on ONNX Runtime with the shared cache
+      (care.onnx_scoring.score_sessions in-process; the CLI is also timed once, start-up included).
+
+Checks that the expected scores of (a), (b), (c) agree within 1e-3. The last line is
+`speedup: onnx_vs_naive=X.Xx onnx_vs_torch_shared=Y.Yx`.
+
+    python benchmarks/score.py [--sessions 100] [--utterances 78] [--random] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _base(args, work: Path) -> Path:
+    from care.params import Params
+
+    if args.random:
+        from care.prompts import render_transcript
+        from care.synth import generate
+        from care.tiny import random_model, train_tokenizer
+
+        out = work / "random-base"
+        if not (out / "config.json").is_file():
+            sessions, _ = generate(n_sessions=200, language="zh", seed=12345)
+            tok = train_tokenizer([render_transcript(s) for s in sessions], 2048)
+            random_model(tok).save_pretrained(out, safe_serialization=True)
+            tok.save_pretrained(out)
+        return out
+    from care.base_models import prepare_base
+    from care.workspace import cache_root
+
+    return Path(prepare_base(Params(), cache_root()))
+
+
+def _package(base: Path, work: Path, max_length: int, reserve: int) -> Path:
+    from care.instrument import instrument_path
+    from care.release import build_package, export_onnx
+
+    pkg = work / "package"
+    if not (pkg / "manifest.json").is_file():
+        export_onnx(base, work / "onnx")
+        build_package(pkg, work / "onnx", base, instrument_path("wai-sr"),
+                      {"base_model": str(base), "scoring": {"max_length": max_length, "reserve": reserve,
+                                                            "languages": ["zh"], "prompt_version": "1"}})
+    return pkg
+
+
+def _naive(model, tok, builder, sessions):
+    """(expected, greedy) per item from one `generate` call per item on the full prompt: the expected score from
+    the first step's logits, the greedy score parsed from the generated text (up to 1 + FALLBACK_TOKENS
+    tokens, as care.scoring reads it)."""
+    import torch
+
+    from care.scoring import FALLBACK_TOKENS, parse_score
+
+    digits = torch.tensor(builder.digit_ids)
+    points = torch.tensor(builder.instrument.scale.points, dtype=torch.float64)
+    out = []
+    with torch.inference_mode():
+        for s in sessions:
+            enc = builder.encode(s)
+            row = {}
+            for item in builder.instrument.item_ids:
+                ids = torch.tensor([enc.prefix + enc.items[item]])
+                gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1 + FALLBACK_TOKENS,
+                                     do_sample=False, output_logits=True, return_dict_in_generate=True,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                p = torch.softmax(gen.logits[0][0, digits].double(), -1)
+                first = int(gen.sequences[0, ids.shape[1]])
+                if first in builder.digit_ids:
+                    greedy = builder.instrument.scale.points[builder.digit_ids.index(first)]
+                else:
+                    greedy = parse_score(tok.decode(gen.sequences[0, ids.shape[1]:], skip_special_tokens=True),
+                                         builder.instrument.scale.points)
+                row[item] = (float(p @ points), greedy)
+            out.append(row)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=100)
+    ap.add_argument("--utterances", type=int, default=78)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--round", type=int, default=10, help="sessions per interleaved timing round")
+    ap.add_argument("--max-length", type=int, default=4096)
+    ap.add_argument("--random", action="store_true", help="random tiny Llama instead of the tiny preset base")
+    ap.add_argument("--work", type=Path, default=None, help="keep the export/package here (default: temp dir)")
+    args = ap.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="care-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from care.base_models import load_tokenizer
+    from care.fsutil import atomic_write_lines
+    from care.instrument import load_instrument
+    from care.onnx_scoring import default_threads, load_package
+    from care.onnx_scoring import score_sessions as ort_score
+    from care.prompts import PromptBuilder
+    from care.scoring import score_sessions as torch_score
+    from care.synth import generate
+
+    threads = default_threads()
+    torch.set_num_threads(threads)
+    reserve = 128
+    base = _base(args, work)
+    pkg = load_package(_package(base, work, args.max_length, reserve), threads=threads)
+    tok = load_tokenizer(base)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
+    builder = PromptBuilder(tok, load_instrument("wai-sr"), args.max_length, reserve)
+    sessions, _ = generate(n_sessions=args.sessions, language="zh", seed=2026, mean_utterances=args.utterances)
+    n = len(sessions)
+    encs = [builder.encode(s) for s in sessions]
+    utt = np.mean([len(s.turns) for s in sessions])
+    chars = np.mean([len(t.text) for s in sessions for t in s.turns])
+    toks = np.mean([len(e.prefix) for e in encs])
+    print(f"model: {base.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), threads={threads}")
+    print(f"sessions: {n}, {utt:.1f} utterances of {chars:.1f} chars, transcript prefix {toks:.0f} tokens, "
+          f"truncated {sum(e.truncated for e in encs)}")
+
+    warm = sessions[:2]  # warm-up (allocators, ORT graph) outside the timings
+    _naive(model, tok, builder, warm[:1])
+    torch_score(model, tok, builder, warm, batch_size=args.batch_size, progress=False)
+    ort_score(pkg, warm, batch_size=args.batch_size, progress=False)
+
+    runs = {
+        "a": lambda chunk: _naive(model, tok, builder, chunk),
+        "b": lambda chunk: torch_score(model, tok, builder, chunk, batch_size=args.batch_size, shared_cache=True,
+                                       progress=False),
+        "c": lambda chunk: ort_score(pkg, chunk, batch_size=args.batch_size, progress=False),
+    }
+    # Interleaved rounds (rotating order) so that load from other processes hits the three paths alike.
+    results = {k: [] for k in runs}
+    seconds = {k: 0.0 for k in runs}
+    order = list(runs)
+    for r, start in enumerate(range(0, n, args.round)):
+        chunk = sessions[start : start + args.round]
+        for k in order[r % 3 :] + order[: r % 3]:
+            t = time.perf_counter()
+            results[k] += runs[k](chunk)
+            seconds[k] += time.perf_counter() - t
+    ms = {k: 1000 * seconds[k] / n for k in runs}
+    names = {"a": "naive torch generate per item", "b": "torch shared transcript cache",
+             "c": "onnx runtime (care score path)"}
+    for k in runs:
+        print(f"({k}) {names[k]:<32}: {n / seconds[k]:7.2f} sessions/s {ms[k]:8.1f} ms/session")
+    a, b, c = results["a"], results["b"], results["c"]
+    ma, mb, mc = ms["a"], ms["b"], ms["c"]
+
+    items = builder.instrument.item_ids
+    ea = np.array([[r[i][0] for i in items] for r in a])
+    eb = np.array([[s.items[i].expected for i in items] for s in b])
+    ec = np.array([[s.items[i].expected for i in items] for s in c])
+    d_ab, d_ac, d_bc = np.abs(ea - eb).max(), np.abs(ea - ec).max(), np.abs(eb - ec).max()
+    print(f"max |expected| difference: a-b {d_ab:.2e}  a-c {d_ac:.2e}  b-c {d_bc:.2e}")
+    if max(d_ab, d_ac, d_bc) > 1e-3:
+        sys.exit("FAIL: expected scores disagree by more than 1e-3")
+    greedy_same = sum(r[i][1] == x.items[i].greedy == y.items[i].greedy for r, x, y in zip(a, b, c) for i in items)
+    unparsed = sum(y.items[i].greedy is None for y in c for i in items)
+    print(f"greedy scores identical in all three: {greedy_same}/{n * len(items)} (unparsed: {unparsed})")
+
+    inp = work / "bench_sessions.jsonl"
+    atomic_write_lines(inp, [s.to_json() for s in sessions])
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "care.cli", "score", "--model", str(pkg.root), str(inp),
+                           "--out", str(work / "bench_scores.jsonl"), "--batch-size", str(args.batch_size)],
+                          capture_output=True, text=True)
+    cli = time.perf_counter() - t
+    if proc.returncode != 0:
+        sys.exit(f"FAIL: care score exited {proc.returncode}: {proc.stderr[-500:]}")
+    print(f"care score CLI (subprocess, start-up + validation included): {cli:.1f} s for {n} sessions "
+          f"({1000 * cli / n:.1f} ms/session)")
+    print(f"ratios: b/a {ma / mb:.1f}x  c/a {ma / mc:.1f}x  c/b {mb / mc:.2f}x")
+    print(f"speedup: onnx_vs_naive={ma / mc:.1f}x onnx_vs_torch_shared={mb / mc:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

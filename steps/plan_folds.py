@@ -1,0 +1,13 @@
+"""Step: client-grouped, stratified folds (writes metrics/folds.json)."""
+
+from typing import Annotated
+
+from zenml import step
+
+from care.crossval import plan_folds as _plan_folds
+from care.workspace import Outputs
+
+
+@step(enable_cache=False)
+def plan_folds(params: dict, outputs: dict, data_summary: dict) -> Annotated[dict, "folds"]:
+    return _plan_folds(params, Outputs(**outputs))

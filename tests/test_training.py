@@ -1,0 +1,252 @@
+"""Fine-tuning: target-only loss, determinism, safetensors adapters, full fine-tuning, packing switch."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from care.errors import CareError  # noqa: E402
+from care.instrument import load_instrument  # noqa: E402
+from care.params import Params  # noqa: E402
+from care.prompts import IGNORE_INDEX, PromptBuilder, build_examples  # noqa: E402
+from care.schema import Session, Turn  # noqa: E402
+
+WORDS = ["I feel", "stuck", "at work", "my counselor", "listened", "we agreed", "on goals", "it helped",
+         "not sure", "tired", "the plan", "next week", "thank you", "that makes sense", "maybe"]
+
+
+def _sessions(n: int, seed: int = 0) -> list[Session]:
+    rng = random.Random(seed)
+    out = []
+    for s in range(n):
+        turns = [Turn(speaker=("counselor", "client")[t % 2], text=" ".join(rng.choices(WORDS, k=6)))
+                 for t in range(6)]
+        ratings = {str(i): rng.randint(1, 5) for i in range(1, 13)}
+        rationales = {str(i): " ".join(rng.choices(WORDS, k=4)) for i in range(1, 13)}
+        out.append(Session(session_id=f"s{s}", client_id=f"c{s % 3}", language="en", turns=turns,
+                           client_ratings=ratings, rationales=rationales))
+    return out
+
+
+def _params(tmp_path, **train) -> Params:
+    p = Params()
+    p.model.max_length = 1024
+    p.lora.r = 4
+    p.lora.alpha = 8
+    p.lora.dropout = 0.0
+    p.train.batch_size = 4
+    p.train.grad_accum = 1
+    p.train.lr = 5e-3
+    p.train.max_steps = 3
+    for k, v in train.items():
+        setattr(p.train, k, v)
+    return p
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A small tokenizer + random Llama saved as a base directory, and examples built for it."""
+    from care.prompts import TEXTS, item_block
+    from care.tiny import random_model, train_tokenizer
+
+    inst = load_instrument("wai-sr")
+    texts = [" ".join(WORDS)] * 20 + list(TEXTS["en"]["speakers"].values())
+    texts += [item_block(inst, i, "en") for i in inst.item_ids] + [TEXTS["en"]["system"], TEXTS["en"]["instruction"]]
+    tok = train_tokenizer(texts, 500)
+    model = random_model(tok, hidden_size=32, intermediate_size=64, layers=1, heads=2, max_position=1024, seed=1)
+    path = tmp_path_factory.mktemp("base")
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    builder = PromptBuilder(tok, inst, max_length=1024, reserve=24)
+    examples, _ = build_examples(_sessions(4), builder, "rationale")
+    return path, tok, examples
+
+
+def _adapter_tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_loss_is_target_only(base):
+    from care.base_models import load_base
+    from care.training import collate, target_loss
+
+    path, tok, examples = base
+    model, _ = load_base(path, None, "cpu")
+    batch = collate(examples[:3], tok.pad_token_id)
+    loss_sum, n = target_loss(model, batch)
+    # manual CE on exactly the target positions, full logits
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    manual, count = 0.0, 0
+    for row, e in enumerate(examples[:3]):
+        for t, lab in enumerate(e.labels):
+            if lab != IGNORE_INDEX:
+                manual += float(torch.nn.functional.cross_entropy(logits[row, t - 1][None], torch.tensor([lab])))
+                count += 1
+    assert n == count
+    assert abs(float(loss_sum.detach()) - manual) < 1e-3 * max(1.0, manual)
+    # the prompt's tokens never enter the loss: corrupting a prompt label that is masked changes nothing,
+    # while the number of targets matches the non-ignored labels exactly
+    assert count == sum(sum(1 for x in e.labels if x != IGNORE_INDEX) for e in examples[:3])
+    e0 = examples[0]
+    first_target = next(i for i, x in enumerate(e0.labels) if x != IGNORE_INDEX)
+    assert all(x == IGNORE_INDEX for x in e0.labels[:first_target])
+    assert e0.labels[first_target:] == e0.input_ids[first_target:]
+    # pads are masked by position
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+
+
+def test_shared_prefix_loss_matches_separate_examples(base):
+    from care.base_models import load_base
+    from care.training import collate, shared_prefix_length, shared_prefix_loss, target_loss
+
+    path, tok, examples = base
+    model, _ = load_base(path, None, "cpu")
+    group = [e for e in examples if e.session_id == examples[0].session_id][:5]
+    shared = shared_prefix_length(group)
+    first = min(next(i for i, x in enumerate(e.labels) if x != IGNORE_INDEX) for e in group)
+    assert 1 < shared < first
+    with torch.no_grad():
+        a, na = shared_prefix_loss(model, group, tok.pad_token_id, "cpu")
+        b, nb = target_loss(model, collate(group, tok.pad_token_id))
+    assert na == nb
+    assert abs(float(a) - float(b)) < 1e-3 * float(b)
+
+
+def test_finetune_deterministic_and_reloads(base, tmp_path):
+    from care.training import STATS_FILE, load_finetuned
+
+    path, tok, examples = base
+    from care.training import finetune
+
+    p = _params(tmp_path)
+    s1 = finetune(path, examples, p, tmp_path / "a1")
+    s2 = finetune(path, examples, p, tmp_path / "a2")
+    assert s1["steps"] == s2["steps"] == 3 and s1["final_loss"] == s2["final_loss"]
+    for d in ("a1", "a2"):
+        assert (tmp_path / d / "adapter_model.safetensors").is_file()
+        assert (tmp_path / d / STATS_FILE).is_file()
+        assert not list((tmp_path / d).glob("*.bin")) and not list((tmp_path / d).glob("*.pt"))
+    t1, t2 = _adapter_tensors(tmp_path / "a1"), _adapter_tensors(tmp_path / "a2")
+    assert t1.keys() == t2.keys() and t1
+    assert all(torch.equal(t1[k], t2[k]) for k in t1)
+    # a different seed gives different weights
+    p3 = _params(tmp_path, seed=5)
+    finetune(path, examples, p3, tmp_path / "a3")
+    t3 = _adapter_tensors(tmp_path / "a3")
+    assert any(not torch.equal(t1[k], t3[k]) for k in t1)
+    # reload gives the same logits as the model right after training (re-run the in-memory model)
+    m1, _ = load_finetuned(path, tmp_path / "a1")
+    m2, _ = load_finetuned(path, tmp_path / "a2")
+    ids = torch.tensor([examples[0].input_ids])
+    with torch.no_grad():
+        l1, l2 = m1(input_ids=ids).logits, m2(input_ids=ids).logits
+    assert torch.equal(l1, l2)
+    # and the adapter changed the model: differs from the bare base
+    from care.base_models import load_base
+
+    b, _ = load_base(path, None, "cpu")
+    with torch.no_grad():
+        lb = b(input_ids=ids).logits
+    assert not torch.allclose(l1, lb)
+
+
+def test_training_lowers_loss(base, tmp_path):
+    from care.training import finetune
+
+    path, tok, examples = base
+    p = _params(tmp_path, max_steps=12, lr=2e-2)
+    stats = finetune(path, examples, p, tmp_path / "a")
+    assert stats["final_loss"] < stats["first_loss"]
+    assert stats["train_tokens"] > stats["target_tokens"] > 0
+
+
+def test_full_finetune(base, tmp_path):
+    from safetensors.torch import load_file
+
+    from care.training import finetune, load_finetuned
+
+    path, tok, examples = base
+    p = _params(tmp_path, max_steps=2, share_prefix=False)
+    p.model.finetune = "full"
+    stats = finetune(path, examples, p, tmp_path / "full")
+    assert stats["finetune"] == "full"
+    out = tmp_path / "full"
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    trained = load_file(str(out / "model.safetensors"))
+    orig = load_file(str(path / "model.safetensors"))
+    assert any(not torch.equal(trained[k], orig[k]) for k in orig)
+    model, tok2 = load_finetuned(path, out)
+    assert not model.training and tok2.pad_token_id == tok.pad_token_id
+
+
+def test_session_packing_raises(base, tmp_path):
+    from care.training import finetune, train_packing
+
+    path, tok, examples = base
+    p = _params(tmp_path, packing="session")
+    with pytest.raises(CareError, match="session"):
+        train_packing(p)
+    with pytest.raises(CareError, match="session"):
+        finetune(path, examples, p, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_batch_plan_deterministic():
+    from care.training import batch_plan
+
+    lengths = [random.Random(3).randint(5, 50) for _ in range(37)]
+    a = batch_plan(lengths, 4, seed=1, epochs=2)
+    assert a == batch_plan(lengths, 4, seed=1, epochs=2)
+    assert a != batch_plan(lengths, 4, seed=2, epochs=2)
+    first = sorted(i for b in a[: len(a) // 2] for i in b)
+    assert first == list(range(37))
+
+
+def test_pad_token_never_eos():
+    from care.base_models import ensure_pad_token
+
+    class Tok:
+        def __init__(self):
+            self.pad_token_id, self.eos_token_id = None, 2
+            self.pad_token = None
+
+        def get_vocab(self):
+            return {"<|eot_id|>": 2, "<|reserved_special_token_0|>": 7}
+
+    t = Tok()
+    ensure_pad_token(t)
+    assert t.pad_token == "<|reserved_special_token_0|>"
+
+
+def test_prepare_base_tiny_and_presets(tmp_path):
+    pytest.importorskip("care.synth")
+    from care.base_models import BASE_CARD, PRESETS, load_base, prepare_base
+
+    p = Params()
+    t = p.model.tiny
+    t.vocab_size, t.hidden_size, t.intermediate_size, t.layers, t.heads = 400, 32, 64, 1, 2
+    t.pretrain_sessions, t.pretrain_steps, t.pretrain_batch, t.pretrain_window = 6, 3, 2, 64
+    d = prepare_base(p, tmp_path, ["zh"])
+    assert (d / BASE_CARD).is_file() and (d / "model.safetensors").is_file()
+    assert prepare_base(p, tmp_path, ["zh"]) == d  # cached
+    model, tok = load_base(d, p, "cpu")
+    assert next(model.parameters()).dtype == torch.float32 and not model.training
+    assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+    assert tok.model_input_names == ["input_ids", "attention_mask"]
+    t.seed = 8  # another recipe, another cache entry
+    assert prepare_base(p, tmp_path, ["zh"]) != d
+    # real presets resolve to their hub id (nothing downloaded here) or a local directory
+    p.model.preset = "qwen2.5-7b-instruct"
+    ref = prepare_base(p, tmp_path)
+    assert str(ref) == PRESETS["qwen2.5-7b-instruct"]["hub_id"] or (ref / "config.json").is_file()
+    p.model.base = str(d)
+    assert prepare_base(p, tmp_path) == d.resolve()
+    p.model.base = str(tmp_path)  # a directory without a model
+    with pytest.raises(CareError, match="config.json"):
+        prepare_base(p, tmp_path)
