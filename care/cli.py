@@ -87,6 +87,54 @@ def validate(
     typer.echo(f"{path}: {result.n_sessions} sessions valid")
 
 
+@import_app.command("esconv")
+@handles_errors
+def import_esconv_cmd(
+    paths: List[Path] = typer.Argument(..., metavar="PATH...", help="ESConv files: HF line-JSON (train.json, valid.json) "
+                                                                     "or the original JSON array (FailedESConv*.json)."),
+    out: Path = typer.Option(..., "--out", help="Directory for sessions.jsonl and import.json (counts only)."),
+) -> None:
+    """Import ESConv dialogs rated by the seeker (instrument esconv-seeker); byte-identical on re-import."""
+    from care.importers.esconv import INSTRUMENT, write_import
+
+    report = write_import(paths, out)
+    total = report["total"]
+    for f in report["files"]:
+        typer.echo(f"{f['file']} ({f['format']}): read {f['read']}, written {f['written']}, "
+                   f"skipped {sum(f['skipped'].values())} {f['skipped']}", err=True)
+    if total["off_scale"]:
+        typer.echo(f"off-scale or non-integer values (reported in {out / 'import.json'}): {total['off_scale']}", err=True)
+    typer.echo(f"wrote {total['written']} of {total['read']} dialog(s) to {out / 'sessions.jsonl'} "
+               f"(instrument {INSTRUMENT})")
+
+
+# ------------------------------------------------------------------------------ care annotations add
+# The rules (validation, ids, client conflicts, atomic append, `dvc add`) live in care.intake.
+
+
+@annotations_app.command("add")
+@handles_errors
+def annotations_add(
+    new: Path = typer.Argument(..., metavar="NEW.jsonl", help="Sessions to add (annotation format)."),
+    data: Path = typer.Option(Path("data"), "--data", help="DVC-tracked data directory holding sessions.jsonl."),
+    instrument: Optional[str] = typer.Option(None, "--instrument", help="Instrument YAML or built-in name (default wai-sr)."),
+) -> None:
+    """Validate NEW.jsonl, append it atomically to DIR/sessions.jsonl and `dvc add DIR`; nothing changes on refusal."""
+    from care.errors import InvalidData
+    from care.intake import add_annotations
+
+    try:
+        res = add_annotations(new, data_dir=data, instrument=instrument)
+    except InvalidData as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        fail(f"{new}: {len(exc.problems)} problem(s); nothing added, {data} unchanged")
+    typer.echo(f"added {res.n_added} session(s) ({res.n_new_clients} new client(s)) to {res.sessions_path}: "
+               f"{res.n_total} in all")
+    typer.echo(f"data md5 {res.old_md5} -> {res.new_md5} ({res.dvc_file.name} updated); "
+               f"share it: git add {res.dvc_file.name} && git commit && dvc push")
+
+
 # ------------------------------------------------------------------------------ care models (registry)
 # The rules live in care.promotion; ZenML is reached only through pipelines.registry, imported lazily.
 
@@ -223,6 +271,37 @@ def score(
     truncated = sum(s.truncated for s in scores)
     typer.echo(f"scored {len(scores)} session(s); greedy unparsed: {unparsed}; truncated transcripts: {truncated}"
                + (f"; wrote {out}" if out else ""), err=True)
+
+
+@app.command()
+@handles_errors
+def train(
+    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a param: KEY=VALUE (repeatable)."),
+    release: bool = typer.Option(True, "--release/--no-release", help="After the gate: final fit, ONNX release, registration."),
+    metrics_dir: Path = typer.Option(Path("metrics"), "--metrics-dir"),
+    plots_dir: Path = typer.Option(Path("plots"), "--plots-dir"),
+) -> None:
+    """Run the pipeline: validate, cross-validate, gate, then release and register (ZenML)."""
+    from care.params import load_params
+    from care.workspace import Outputs
+
+    params = load_params(params_file, overrides or [])
+    from pipelines.training import run_training
+
+    result = run_training(params, Outputs.at(metrics_dir, plots_dir), release=release)
+    gate = result["gate"]
+    if gate is not None and not gate["passed"]:
+        for check in gate["failed"]:
+            typer.echo(f"gate check failed: {check}", err=True)
+        fail(f"gate failed ({len(gate['failed'])} check(s)); nothing was exported or registered", 3)
+    if result["status"] != "completed":
+        fail(f"pipeline run {result['run']} {result['status']}: failed step(s) {', '.join(result['failed_steps']) or '?'}"
+             f" ({result['error']}); see the ZenML logs of the run")
+    reg = result["registration"]
+    if reg:
+        typer.echo(f"registered {reg['model']} version {reg['version']}" + (f" in {reg['stage']}" if reg["stage"] else ""))
+    typer.echo(f"run {result['run']} completed; metrics in {metrics_dir}/")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -44,7 +44,7 @@ class ModelParams(_Section):
     base: str | None = None  # hub id or local path for the real presets (default: the preset's hub id)
     finetune: Literal["lora", "full"] = "lora"
     max_length: int = 1024
-    target_tokens: int = 192  # room kept after each prompt for the target (score + rationale); longer is clipped
+    target_tokens: int = 128  # room kept after each prompt for the target (score + rationale); longer is clipped
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     gradient_checkpointing: bool | None = None  # None: on for real presets, off for tiny
     tiny: TinyParams = TinyParams()

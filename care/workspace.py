@@ -43,6 +43,10 @@ class Outputs:
     metrics: Path
     plots: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", Path(self.metrics))
+        object.__setattr__(self, "plots", Path(self.plots))
+
     @classmethod
     def at(cls, metrics: str | Path = "metrics", plots: str | Path = "plots") -> "Outputs":
         return cls(Path(metrics).resolve(), Path(plots).resolve())

@@ -35,5 +35,55 @@ def care_pipeline(params: dict, outputs: dict, release: bool = True) -> None:
     gate = check_gate(params=params, outputs=outputs, cv_metrics=cv)
     if release:
         fit_dir = final_fit(params=params, gate=gate)
-        package = build_release(params=params, outputs=outputs, model_dir=fit_dir, cv_metrics=cv, gate=gate, data_summary=summary)
+        package = build_release(params=params, model_dir=fit_dir, cv_metrics=cv, gate=gate, data_summary=summary)
         register_release(params=params, package_dir=package, gate=gate)
+
+
+def run_training(params, outputs, release: bool = True) -> dict:
+    """Run the pipeline with a ZenML Model (numbered versions) and return what the run produced.
+
+    Returns {"run": name, "status": ..., "gate": gate.json contents or None, "registration": {...} or None}.
+    A failed step (including a failed gate) is reported through the status, never swallowed.
+    """
+    import json
+    from pathlib import Path
+
+    from zenml.client import Client
+    from zenml.utils import source_utils
+
+    import steps
+    from care.workspace import Outputs
+
+    # Steps are imported by module path from the project root, however `care` was started.
+    source_utils.set_custom_source_root(str(Path(steps.__file__).resolve().parents[1]))
+
+    out = outputs if isinstance(outputs, Outputs) else Outputs(**outputs)
+    gate_path = Path(out.metrics) / "gate.json"
+    model = Model(name=params.registry.model_name, description="CARE: client-rated working alliance, item by item",
+                  tags=["care", params.model.preset, params.train.targets])
+    configured = care_pipeline.with_options(model=model, run_name=f"care-{{date}}-{{time}}")
+    gate_path.unlink(missing_ok=True)
+    error = None
+    try:
+        configured(params=params.model_dump(mode="json"), outputs={"metrics": str(out.metrics), "plots": str(out.plots)},
+                   release=release)
+    except Exception as exc:  # the run's status and gate.json say what failed
+        error = exc
+    try:
+        run = Client().get_pipeline("care_pipeline").last_run
+    except KeyError:
+        if error is not None:
+            raise error
+        raise
+    registration = None
+    if "register_release" in run.steps and run.steps["register_release"].status.value == "completed":
+        registration = run.steps["register_release"].outputs["registration"][0].load()
+    failed = [name for name, s in run.steps.items() if s.status.value == "failed"]
+    return {
+        "run": run.name,
+        "status": run.status.value,
+        "failed_steps": failed,
+        "gate": json.loads(gate_path.read_text("utf-8")) if gate_path.exists() and "check_gate" in run.steps else None,
+        "registration": registration,
+        "error": type(error).__name__ if error else None,
+    }

@@ -19,6 +19,6 @@ fi
 python -m pip install --quiet -e ".[${extra},dev]"
 python -m pip check
 export DVC_NO_ANALYTICS=1
-dvc pull --quiet
-dvc status --quiet || { echo "dvc status is not clean after pull" >&2; exit 1; }
+dvc pull --quiet data.dvc
+dvc status --quiet data.dvc || { echo "dvc status is not clean after pull" >&2; exit 1; }
 echo "set-up done: activate with '. .venv/bin/activate'"

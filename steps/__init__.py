@@ -1,3 +1,17 @@
 """Thin ZenML steps, one per file, re-exported here."""
 
+from steps.aggregate_cv import aggregate_cv
+from steps.build_release import build_release
+from steps.check_gate import check_gate
+from steps.final_fit import final_fit
+from steps.finetune_fold import finetune_fold
+from steps.fold_metrics import fold_metrics
+from steps.plan_folds import plan_folds
 from steps.register import register_release
+from steps.score_fold import score_fold
+from steps.validate_data import validate_data
+
+__all__ = [
+    "aggregate_cv", "build_release", "check_gate", "final_fit", "finetune_fold", "fold_metrics", "plan_folds",
+    "register_release", "score_fold", "validate_data",
+]

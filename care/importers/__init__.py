@@ -1,0 +1,1 @@
+"""Importers: public corpora mapped onto the annotation format (``care import ...``)."""

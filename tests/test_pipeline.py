@@ -1,0 +1,113 @@
+"""The real pipeline on the CI-sized params (tiny preset, 60 sessions, 2 folds), end to end, in subprocesses
+with their own ZenML store and cache: validate -> folds -> fine-tune/score/metrics per fold -> aggregate ->
+gate -> final fit -> merge -> ONNX export -> package -> register (staging); then scoring with the package,
+a rerun that reuses finished folds, and a failing gate that stops before anything is exported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from care.manifest import verify_package
+from zenml_env import clean_subprocess_env
+
+ROOT = Path(__file__).resolve().parents[1]
+CARE = [sys.executable, "-c", "from care.cli import app; app()"]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pipeline")
+    env = clean_subprocess_env(base / "zenml")
+    env.update({"CARE_CACHE_DIR": str(base / "cache"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    return base, env
+
+
+def care(world, *args, check=True):
+    base, env = world
+    proc = subprocess.run([*CARE, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"care {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def train(world, name, *extra, check=True):
+    base, _ = world
+    out = base / name
+    args = ["train", "--params", "params.ci.yaml", "--metrics-dir", str(out / "metrics"), "--plots-dir",
+            str(out / "plots"), "--set", f"release.out={out / 'release'}", *extra]
+    return out, care(world, *args, check=check)
+
+
+@pytest.fixture(scope="module")
+def first_run(world):
+    return train(world, "run1")
+
+
+def test_pipeline_writes_metrics_release_and_registers_in_staging(world, first_run):
+    out, proc = first_run
+    cv = json.loads((out / "metrics" / "cv.json").read_text())
+    assert set(cv["mean"]) == {"goal", "task", "bond"}
+    assert set(cv["baselines"]) >= {"counselor", "train_mean", "zero_shot"}
+    assert cv["n_folds"] == 2 and cv["n_sessions"] == 60 and cv["targets"] == "rationale"
+    for dim in ("goal", "task", "bond"):
+        assert cv["mean"][dim]["mse"] is not None
+    assert set(cv["readouts"]) == {"expected", "greedy"}
+    assert 0.0 <= cv["digit_mass"]["mean"] <= 1.0
+    assert cv["rationale_quality"]["n_pairs"] > 0
+    folds = json.loads((out / "metrics" / "folds.json").read_text())
+    ids = [sid for f in folds["folds"] for sid in f["sessions"]]
+    assert len(ids) == len(set(ids)) == 60
+    rows = [json.loads(l) for l in (out / "metrics" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 60 and {r["fold"] for r in rows} == {0, 1}
+    gate = json.loads((out / "metrics" / "gate.json").read_text())
+    assert gate["passed"] is True and gate["checks"]
+    assert (out / "plots" / "predicted_vs_actual.png").stat().st_size > 1000
+    manifest = verify_package(out / "release")
+    assert manifest["gate"]["passed"] is True and manifest["data_version"]
+    assert manifest["parity"]["max_logit_diff"] <= 1e-3
+    assert "in staging" in proc.stdout
+    listing = json.loads(care(world, "models", "list", "--json").stdout)
+    staged = [v for v in listing if v.get("stage") == "staging"]
+    assert len(staged) == 1
+
+
+def test_released_model_scores_new_transcripts(world, first_run, tmp_path):
+    out, _ = first_run
+    lines = (ROOT / "data" / "sessions.jsonl").read_text("utf-8").splitlines()[:3]
+    inp = tmp_path / "new.jsonl"
+    inp.write_text("\n".join(lines) + "\n", "utf-8")
+    dest = tmp_path / "scores.jsonl"
+    care(world, "score", "--model", str(out / "release"), str(inp), "--out", str(dest))
+    scored = [json.loads(l) for l in dest.read_text().splitlines()]
+    assert [s["session_id"] for s in scored] == [json.loads(l)["session_id"] for l in lines]
+    assert all(1.0 <= v["expected"] <= 5.0 for s in scored for v in s["items"].values())
+
+
+def test_rerun_reuses_finished_folds(world, first_run):
+    base, _ = world
+    fits = sorted((base / "cache" / "fits").glob("*/done.json"))
+    assert len(fits) == 3  # two folds + the final fit
+    before = {p: p.stat().st_mtime_ns for p in fits}
+    out, proc = train(world, "run2", "--no-release")
+    assert {p: p.stat().st_mtime_ns for p in sorted((base / "cache" / "fits").glob("*/done.json"))} == before
+    first = json.loads((first_run[0] / "metrics" / "cv.json").read_text())
+    again = json.loads((out / "metrics" / "cv.json").read_text())
+    assert again["mean"] == first["mean"] and again["baselines"] == first["baselines"]
+
+
+def test_failing_gate_stops_before_export_and_names_checks(world, first_run):
+    out, proc = train(world, "run3", "--set", "gate.min_pearson={'*': 0.99}", check=False)
+    assert proc.returncode == 3
+    assert "gate check failed: goal.pearson >= 0.99" in proc.stderr
+    assert "nothing was exported" in proc.stderr
+    assert not (out / "release").exists()
+    gate = json.loads((out / "metrics" / "gate.json").read_text())
+    assert gate["passed"] is False
+    listing = json.loads(care(world, "models", "list", "--json").stdout)
+    assert len([v for v in listing if v.get("stage") == "staging"]) == 1
