@@ -64,3 +64,12 @@ def test_retrain_script_in_a_fresh_clone(tmp_path):
     assert "|" in summary, summary  # a markdown table of metrics
     status = run(sys.executable, "-m", "dvc", "status", "--json")
     assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout
+
+    listing = run(sys.executable, "-m", "care.cli", "models", "list", "--json")
+    assert listing.returncode == 0, listing.stderr[-3000:]
+    assert [v["stage"] for v in json.loads(listing.stdout)].count("staging") == 1
+    assert (clone / "release" / "manifest.json").is_file()
+
+    again = run(sys.executable, "-m", "dvc", "repro", timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Data and pipelines are up to date" in again.stdout, again.stdout[-3000:]
