@@ -19,7 +19,8 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="CARE: predict how the client experienced a counseling session (working alliance), item by item.")
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: list, show, promote, pull.")
 annotations_app = typer.Typer(no_args_is_help=True, help="Add annotated sessions to the DVC-tracked data.")
 import_app = typer.Typer(no_args_is_help=True, help="Import public corpora into the annotation format.")

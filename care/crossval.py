@@ -227,7 +227,7 @@ def aggregate(params: Params | dict, folds_doc: dict, fold_results: list[dict], 
             {key: _mean([q.get(key) for q in rq]) for key in rq[0] if isinstance(rq[0][key], (int, float))} if rq else None
         ),
         "examples": {key: sum(r["examples"][key] for r in fold_results) for key in fold_results[0]["examples"]},
-        "train_seconds": sum(r["train"].get("wall_seconds", 0.0) for r in fold_results),
+        "train_seconds": sum(r["train"].get("wall_s", 0.0) for r in fold_results),
         "seed": {"cv": p.cv.seed, "train": p.train.seed},
     }
     doc = cv_document([r["model"] for r in fold_results], [r["baselines"] for r in fold_results],
