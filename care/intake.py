@@ -36,7 +36,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import Callable, Iterator, Sequence
 
 import yaml
 
+from care.fsutil import atomic_write_bytes
 from care.errors import CareError, InvalidData, Problem, label, sort_problems
 from care.reader import read_jsonl
 from care.schema import Session
@@ -175,19 +175,8 @@ def conflict_problems(existing: list[Session], existing_lines: list[int], existi
 
 
 def _replace_bytes(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to a temp file beside `path`, fsync, rename over `path`, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.care-intake.", suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Atomically replace `path` (temp file beside it, fsync, rename), then fsync the directory."""
+    atomic_write_bytes(path, data, mode=mode, tmp_prefix=TMP_PREFIX if path.name == SESSIONS_FILE else f".{path.name}.care-intake.")
     _fsync_dir(path.parent)
 
 
