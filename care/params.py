@@ -59,18 +59,21 @@ class LoraParams(_Section):
 
 class TrainParams(_Section):
     targets: Literal["rationale", "score_only"] = "rationale"
-    packing: Literal["item", "session"] = "item"
+    packing: Literal["session", "item"] = "session"
     epochs: float = 1
     max_steps: int | None = None
     lr: float = 3e-3
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = 0.1
-    batch_size: int = 6  # examples per micro-batch; with share_prefix each is half a session's 12 items
+    # item layout: examples per micro-batch (with share_prefix, half a session's 12 items); session layout:
+    # a step holds whole sessions, about batch_size x grad_accum items
+    batch_size: int = 6
     grad_accum: int = 4
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     # encode a session's transcript once per batch and reuse its key/value cache for the batch's items
-    # (same loss as separate examples; batches then never mix sessions). Off under gradient checkpointing.
+    # (same loss as separate examples; batches then never mix sessions). Item layout only; off under
+    # gradient checkpointing.
     share_prefix: bool = True
     # weight of the score digit (the first target token) against each rationale token in the loss; 1 is
     # plain token-mean cross-entropy (the paper); with score_only targets it weighs the digit against EOS.

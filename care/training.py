@@ -1,5 +1,10 @@
 """Fine-tuning: LoRA (default) or full fine-tuning of a base model on (session, item) examples.
 
+Two layouts (`train.packing`): `session` packs each session into one sequence that holds its transcript
+once (care.packing; a step holds whole sessions, about `batch_size x grad_accum` items); `item` trains on
+the examples themselves, in micro-batches of `batch_size` that, with `share_prefix`, reuse one encoding
+of the transcript per micro-batch. Both give the same loss for the same examples.
+
 The loss is the mean cross-entropy over target tokens only: the prompt already carries IGNORE_INDEX in
 `Example.labels`, padding is masked by position, and logits are computed only at the positions that
 predict a target token (the LM head over the whole transcript would cost as much as the layers).
@@ -19,6 +24,8 @@ from pathlib import Path
 
 from care.errors import CareError
 from care.params import Params
+from care.packing import (PackedSession, pack_by_session, packed_loss, restore_attention,  # noqa: F401
+                          shared_prefix_length, use_packed_attention)
 from care.prompts import IGNORE_INDEX, Example
 
 STATS_FILE = "train_stats.json"
@@ -27,13 +34,29 @@ BUCKET_BATCHES = 16  # batches per length bucket: sort a shuffled chunk of this 
 
 
 def train_packing(params: Params) -> str:
-    """The packing mode; only `item` (one example per (session, item)) exists so far."""
+    """The training layout: `session` (one packed sequence per session, see care.packing) or `item`."""
     packing = params.train.packing
-    if packing == "item":
-        return packing
-    if packing == "session":
-        raise CareError("train.packing=session is not implemented yet; use train.packing=item")
-    raise CareError(f"train.packing {packing!r} unknown (item, session)")
+    if packing not in ("item", "session"):
+        raise CareError(f"train.packing {packing!r} unknown (session, item)")
+    return packing
+
+
+def sessions_per_step(examples: list[Example], params: Params) -> int:
+    """With session packing, whole sessions per optimizer step: as many items as `batch_size x grad_accum`
+    gives in the item layout (at least one session)."""
+    sessions = {e.session_id for e in examples}
+    items_per_session = len(examples) / max(1, len(sessions))
+    return max(1, round(params.train.batch_size * params.train.grad_accum / items_per_session))
+
+
+def packed_plan(n_sessions: int, seed: int, epochs: int) -> list[int]:
+    """Session indices in training order for `epochs` epochs (each a fresh shuffle), deterministic in `seed`."""
+    plan: list[int] = []
+    for epoch in range(epochs):
+        order = list(range(n_sessions))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        plan += order
+    return plan
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -80,18 +103,6 @@ def session_plan(examples: list[Example], batch_size: int, seed: int, epochs: in
         rng.shuffle(batches)
         plan += batches
     return plan
-
-
-def shared_prefix_length(examples: list[Example]) -> int:
-    """Length of the token prefix all `examples` share, ending before the position that predicts the
-    first target token of any of them (so every target is predicted from the per-item part)."""
-    first = min(next(i for i, x in enumerate(e.labels) if x != IGNORE_INDEX) for e in examples)
-    limit = first - 1
-    ref = examples[0].input_ids
-    n = 0
-    while n < limit and all(e.input_ids[n] == ref[n] for e in examples[1:]):
-        n += 1
-    return n
 
 
 def collate(examples: list[Example], pad_id: int):
@@ -246,32 +257,52 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
     # the plan: micro-batches for whole epochs, cut at the step budget
     procs, rank = accelerator.num_processes, accelerator.process_index
     checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
-    share = tp.share_prefix and not checkpointing and procs == 1
-    if share:
-        sizes: dict[str, int] = {}
-        for e in examples:
-            sizes[e.session_id] = sizes.get(e.session_id, 0) + 1
-        micro_per_epoch = sum(math.ceil(n / tp.batch_size) for n in sizes.values())
+    packing = train_packing(params)
+    share = packing == "item" and tp.share_prefix and not checkpointing and procs == 1
+    packed: list[PackedSession] = []
+    if packing == "session":
+        packed = pack_by_session(examples)
+        per_step = sessions_per_step(examples, params)
+        per_step = procs * math.ceil(per_step / procs)
+        micro_per_epoch = len(packed)
     else:
-        micro_per_epoch = math.ceil(len(examples) / tp.batch_size)
-    steps_per_epoch = max(1, math.ceil(micro_per_epoch / (tp.grad_accum * procs)))
+        if share:
+            sizes: dict[str, int] = {}
+            for e in examples:
+                sizes[e.session_id] = sizes.get(e.session_id, 0) + 1
+            micro_per_epoch = sum(math.ceil(n / tp.batch_size) for n in sizes.values())
+        else:
+            micro_per_epoch = math.ceil(len(examples) / tp.batch_size)
+        per_step = tp.grad_accum * procs
+    steps_per_epoch = max(1, math.ceil(micro_per_epoch / per_step))
     total_steps = tp.max_steps if tp.max_steps else max(1, math.ceil(tp.epochs * steps_per_epoch))
     plan_epochs = math.ceil(total_steps / steps_per_epoch)
-    if share:
+    if packing == "session":
+        plan: list = [[i] for i in packed_plan(len(packed), tp.seed, plan_epochs)]
+    elif share:
         plan = session_plan(examples, tp.batch_size, tp.seed, plan_epochs)
     else:
         plan = batch_plan([len(e.input_ids) for e in examples], tp.batch_size, tp.seed, plan_epochs)
-    per_step = tp.grad_accum * procs
     while len(plan) < total_steps * per_step:  # pad the plan by repeating (only when batches < processes)
         plan += plan[: total_steps * per_step - len(plan)]
     plan = plan[: total_steps * per_step]
     steps = [plan[s * per_step:(s + 1) * per_step][rank::procs] for s in range(total_steps)]
 
+    attention = use_packed_attention(model) if packing == "session" else None
     optimizer = torch.optim.AdamW(trainable, lr=tp.lr, weight_decay=tp.weight_decay)
     scheduler = _scheduler(optimizer, tp.scheduler, total_steps, int(round(tp.warmup_ratio * total_steps)))
     model, optimizer = accelerator.prepare(model, optimizer)
     pad_id = tokenizer.pad_token_id
     sw = float(tp.score_weight)
+
+    by_session: dict[str, list[Example]] = {}
+    for e in examples:
+        by_session.setdefault(e.session_id, []).append(e)
+
+    def step_examples(micro_batch: list[int]) -> list[Example]:
+        if packing == "session":
+            return by_session[packed[micro_batch[0]].session_id]
+        return [examples[i] for i in micro_batch]
 
     losses: list[float] = []
     train_tokens = target_tokens = 0
@@ -280,22 +311,28 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
                leave=False, mininterval=1.0)
     for step in bar:
         micro = steps[step]
-        groups = [[examples[i] for i in idx] for idx in micro]
+        groups = [step_examples(idx) for idx in micro]
+        # every process normalises by the whole step's weight, so the summed gradients are the step's mean
+        everything = [e for idx in plan[step * per_step:(step + 1) * per_step] for e in step_examples(idx)]
         step_targets = sum(sum(1 for x in e.labels[1:] if x != IGNORE_INDEX) for g in groups for e in g)
-        step_weight = target_weight([e for g in groups for e in g], sw)
+        step_weight = target_weight(everything, sw) / procs
         step_loss = 0.0
-        for k, group in enumerate(groups):
+        for k, (idx, group) in enumerate(zip(micro, groups)):
             sync = k == len(groups) - 1
             with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-                if share:
+                if packing == "session":
+                    loss_sum, _ = packed_loss(model, packed[idx[0]], accelerator.device, sw)
+                    train_tokens += len(packed[idx[0]].input_ids)
+                elif share:
                     loss_sum, _ = shared_prefix_loss(model, group, pad_id, accelerator.device, sw)
+                    train_tokens += sum(len(e.input_ids) for e in group)
                 else:
                     batch = {key: v.to(accelerator.device) for key, v in collate(group, pad_id).items()}
                     loss_sum, _ = target_loss(model, batch, sw)
+                    train_tokens += sum(len(e.input_ids) for e in group)
                 loss = loss_sum / step_weight
             accelerator.backward(loss)
             step_loss += float(loss.detach())
-            train_tokens += sum(len(e.input_ids) for e in group)
         target_tokens += step_targets
         if tp.max_grad_norm and tp.max_grad_norm > 0:
             accelerator.clip_grad_norm_(trainable, tp.max_grad_norm)
@@ -310,8 +347,9 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
     tail = losses[-max(1, len(losses) // 10):]
     stats = {
         "finetune": params.model.finetune,
-        "packing": "item",
+        "packing": packing,
         "shared_prefix": share,
+        "sessions_per_step": per_step if packing == "session" else None,
         "examples": len(examples),
         "steps": total_steps,
         "epochs": round(total_steps * per_step / micro_per_epoch, 4),
@@ -330,6 +368,8 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
         "score_weight": sw,
     }
     accelerator.wait_for_everyone()
+    if attention is not None:
+        restore_attention(model, attention)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         with atomic_dir(out_dir) as tmp:
