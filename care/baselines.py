@@ -5,7 +5,7 @@
 - ``train_mean``: every held-out session gets the training folds' per-item mean client rating. Constant
   predictions: its correlations are undefined (None), only its MSE means something.
 - ``helper_proxy``: a helper-side item that is not the instrument (e.g. ESConv's supporter item), mapped
-  to a dimension with ``{helper_item: dimension}``. Every item of a mapped dimension is predicted as the
+  to a dimension, or a list of them, with ``{helper_item: dimension | [dimensions]}``. Every item of a mapped dimension is predicted as the
   helper's value (the mean of the helper items mapped to it), so the dimension's prediction is that value;
   items of unmapped dimensions are absent. The value stays on the helper's own scale: its correlations
   are what matters, its MSE only when the scales agree.
@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from care.errors import CareError
 from care.instrument import Instrument
@@ -52,11 +52,15 @@ def train_mean_predictions(
     return {s.session_id: dict(means) for s in held_out}
 
 
+def _dimensions(target: str | Sequence[str]) -> list[str]:
+    return [target] if isinstance(target, str) else list(target)
+
+
 def helper_proxy_predictions(
-    sessions: Iterable[Session], instrument: Instrument, mapping: Mapping[str, str]
+    sessions: Iterable[Session], instrument: Instrument, mapping: Mapping[str, str | Sequence[str]]
 ) -> dict[str, dict[str, float]]:
     """Predict each mapped dimension's items from ``helper_ratings[helper_item]`` (see module doc)."""
-    unknown = sorted({d for d in mapping.values() if d not in instrument.dimensions})
+    unknown = sorted({d for t in mapping.values() for d in _dimensions(t) if d not in instrument.dimensions})
     if unknown:
         raise CareError(
             f"helper_proxy mapping: dimension(s) {', '.join(unknown)} not in instrument {instrument.name} "
@@ -68,7 +72,7 @@ def helper_proxy_predictions(
             continue
         pred: dict[str, float] = {}
         for dim in instrument.dimensions:
-            values = [s.helper_ratings[h] for h, d in mapping.items() if d == dim and h in s.helper_ratings]
+            values = [s.helper_ratings[h] for h, t in mapping.items() if dim in _dimensions(t) and h in s.helper_ratings]
             if values:
                 value = sum(values) / len(values)
                 for item in instrument.items_by_dimension[dim]:
@@ -82,7 +86,7 @@ def baseline_results(
     train: Iterable[Session],
     held_out: Iterable[Session],
     instrument: Instrument,
-    helper_map: Mapping[str, str] | None = None,
+    helper_map: Mapping[str, str | Sequence[str]] | None = None,
 ) -> dict[str, dict]:
     """``{name: evaluate(...)}`` for ``counselor``, ``train_mean`` and (when ``helper_map``) ``helper_proxy``.
 

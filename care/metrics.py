@@ -171,7 +171,7 @@ def cv_document(
     """``metrics/cv.json`` from per-fold ``evaluate`` results of the model and of each baseline.
 
     ``folds[k]`` is the model's ``evaluate`` result on fold k; ``baselines_per_fold[k]`` maps a baseline
-    name (``counselor``, ``train_mean``, ``helper_proxy``, ``zero_shot``) to its ``evaluate`` result on the
+    name (``counselor``, ``train_mean``, ``tfidf``, ``helper_proxy``, ``zero_shot``) to its ``evaluate`` result on the
     same held-out sessions. ``extra`` (numbers/ids only, e.g. ``{"readout": "expected", "seed": 123}``)
     is merged at the top level. Numbers are rounded to 4 decimals; undefined values are null.
     """
@@ -194,10 +194,12 @@ def cv_document(
     names: list[str] = []
     for base in baselines_per_fold:
         names.extend(n for n in base if n not in names)
-    baselines, baselines_std, baselines_n = {}, {}, {}
+    baselines, baselines_std, baselines_n, baselines_items = {}, {}, {}, {}
     for name in names:
-        agg = aggregate([base[name] for base in baselines_per_fold if name in base])
+        results = [base[name] for base in baselines_per_fold if name in base]
+        agg = aggregate(results)
         baselines[name], baselines_std[name], baselines_n[name] = agg["mean"], agg["std"], agg["n"]
+        baselines_items[name] = aggregate(results, key="items")["mean"]
     doc = {
         "n_folds": len(folds),
         "n_sessions": sum(int(r["n_sessions"]) for r in folds),
@@ -207,6 +209,7 @@ def cv_document(
         "baselines": baselines,
         "baselines_std": baselines_std,
         "baselines_n": baselines_n,
+        "baselines_items": baselines_items,
         "items": {"mean": items["mean"], "std": items["std"]},
         "unparsed": int(unparsed),
         "targets": targets,

@@ -92,6 +92,11 @@ class EvalParams(_Section):
     rationale_sample: int = 24
     rationale_max_new_tokens: int = 96
     batch_size: int = 16
+    # baselines on the same folds besides counselor / train_mean / zero_shot: TF-IDF + ridge on the
+    # transcript (`tfidf`), and a helper-side item mapped to a dimension (`helper_proxy`, e.g. ESConv's
+    # {supporter_detail: [task, bond]}); never a counselor rating of the instrument's items
+    text_baseline: bool = True
+    helper_proxy: dict[str, str | list[str]] = {}
 
 
 class GateParams(_Section):

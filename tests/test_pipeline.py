@@ -53,7 +53,7 @@ def test_pipeline_writes_metrics_release_and_registers_in_staging(world, first_r
     out, proc = first_run
     cv = json.loads((out / "metrics" / "cv.json").read_text())
     assert set(cv["mean"]) == {"goal", "task", "bond"}
-    assert set(cv["baselines"]) >= {"counselor", "train_mean", "zero_shot"}
+    assert set(cv["baselines"]) >= {"counselor", "train_mean", "zero_shot", "tfidf"}
     assert cv["n_folds"] == 2 and cv["n_sessions"] == 60 and cv["targets"] == "rationale"
     for dim in ("goal", "task", "bond"):
         assert cv["mean"][dim]["mse"] is not None

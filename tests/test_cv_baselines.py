@@ -1,0 +1,69 @@
+"""The cross-validation's baselines sit on the model's folds: TF-IDF + ridge and the helper-side proxy are
+computed per fold on the same held-out sessions, reported per dimension and per item in cv.json, and the
+proxy is read from `helper_ratings` only (never from counselor ratings)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import corpus_rows, write_jsonl_file
+
+from care import crossval
+from care.params import Params
+from care.workspace import Outputs
+
+
+def _scored(test_ids, items):
+    """A stand-in for score_fold's result: the model predicts 3 everywhere (the baselines are under test)."""
+    pred = {sid: {i: 3.0 for i in items} for sid in test_ids}
+    return {"predictions": {"expected": pred, "greedy": pred}, "unparsed": {"expected": 0, "greedy": 0},
+            "digit_mass": {"mean": 1.0, "min": 1.0}, "rationale_quality": None, "train": {"wall_s": 0.0},
+            "examples": {"examples": 0}}
+
+
+def test_fold_metrics_and_cv_json_carry_tfidf_and_helper_proxy(tmp_path):
+    rows = corpus_rows(40, n_turns=8, seed=4)
+    for k, row in enumerate(rows):
+        row["helper_ratings"] = {"detail": row["client_ratings"]["1"] if k % 4 else 5}  # tracks task item 1
+        row["counselor_ratings"] = None
+    path = write_jsonl_file(tmp_path / "sessions.jsonl", rows)
+    p = Params()
+    p.data.path = str(path)
+    p.cv.folds = 2
+    p.eval.helper_proxy = {"detail": ["task", "bond"]}
+    out = Outputs.at(tmp_path / "metrics", tmp_path / "plots")
+    folds = crossval.plan_folds(p, out)
+    items = [str(i) for i in range(1, 13)]
+    results, scored = [], []
+    for k in range(2):
+        s = _scored(folds["folds"][k]["sessions"], items)
+        scored.append(s)
+        results.append(crossval.fold_metrics(p.model_dump(mode="json"), folds, k, s))
+    for r in results:
+        assert set(r["baselines"]) == {"counselor", "train_mean", "tfidf", "helper_proxy"}
+        proxy = r["baselines"]["helper_proxy"]
+        assert set(proxy["dimensions"]) == {"goal", "task", "bond"}
+        assert proxy["dimensions"]["goal"]["n"] == 0  # unmapped: absent, not invented
+        assert proxy["dimensions"]["task"]["n"] == len(folds["folds"][r["fold"]]["sessions"])
+        assert r["baselines"]["counselor"]["dimensions"]["task"]["n"] == 0
+    cv = crossval.aggregate(p, folds, results, scored, out)
+    on_disk = json.loads((tmp_path / "metrics" / "cv.json").read_text())
+    assert on_disk == cv
+    assert set(cv["baselines"]) == {"counselor", "train_mean", "tfidf", "helper_proxy"}
+    # per item: item 1 is what the proxy tracks (except every 4th session)
+    assert cv["baselines_items"]["helper_proxy"]["1"]["pearson"] > 0.5
+    assert cv["baselines_items"]["helper_proxy"]["4"]["mse"] is None  # goal item: no proxy value
+    assert set(cv["baselines_items"]["tfidf"]) == set(items)
+    for dim in ("goal", "task", "bond"):
+        assert cv["baselines"]["tfidf"][dim]["mse"] is not None
+
+
+def test_text_baseline_can_be_switched_off(tmp_path):
+    path = write_jsonl_file(tmp_path / "sessions.jsonl", corpus_rows(20, n_turns=6, seed=5))
+    p = Params()
+    p.data.path = str(path)
+    p.cv.folds = 2
+    p.eval.text_baseline = False
+    folds = crossval.plan_folds(p, Outputs.at(tmp_path / "m", tmp_path / "p"))
+    r = crossval.fold_metrics(p, folds, 0, _scored(folds["folds"][0]["sessions"], [str(i) for i in range(1, 13)]))
+    assert set(r["baselines"]) == {"counselor", "train_mean"}
