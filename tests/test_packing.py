@@ -132,3 +132,18 @@ def test_finetune_with_session_packing(base, tmp_path):  # noqa: F811
                                             batch_size=6, grad_accum=4), tmp_path / "c")
     # same items per step; the packed layout processes each trained session's prefix once
     assert s1["train_tokens"] < item["train_tokens"]
+
+
+def test_packed_attention_under_gradient_checkpointing(base):  # noqa: F811
+    """The block structure reaches every layer when activations are recomputed in the backward pass."""
+    path, tok, examples = base
+    group = _session(examples)
+    plain = _model(path, "packed", "lora")
+    _, _, want = _loss_and_grads(plain, lambda: packed_loss(plain, pack_session(group), "cpu", 30.0))
+    ckpt = _model(path, "packed", "lora")
+    ckpt.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ckpt.train()  # checkpointing only runs in training mode (LoRA dropout is 0, so still deterministic)
+    assert ckpt.base_model.model.is_gradient_checkpointing
+    _, _, got = _loss_and_grads(ckpt, lambda: packed_loss(ckpt, pack_session(group), "cpu", 30.0))
+    scale = max(float(g.abs().max()) for g in want.values())
+    assert max(float((want[n] - got[n]).abs().max()) for n in want) <= REL * scale
