@@ -251,7 +251,10 @@ def score(
 
     if device not in ("cpu", "cuda"):
         raise CareError(f"--device {device!r}: expected cpu or cuda")
-    from care.errors import InvalidData
+    from care.errors import InvalidData, UsageError
+
+    if out is not None and out.is_dir():  # refused before any work; other write errors come from care.fsutil
+        raise UsageError(f"--out {out}: is a directory, expected a file path")
 
     pkg = load_package(model, device=device)
     try:

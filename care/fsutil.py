@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from care.errors import CareError
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -24,8 +26,19 @@ def private_umask() -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, mode: int = FILE_MODE, tmp_prefix: str | None = None) -> Path:
-    """Write `data` to a temp file beside `path` (named `tmp_prefix`*.tmp), fsync, rename over `path`."""
+    """Write `data` to a temp file beside `path` (named `tmp_prefix`*.tmp), fsync, rename over `path`.
+
+    An OS error (the target is a directory, its parent is a file, no permission, disk full) becomes a
+    one-line CareError; the target is then untouched and no temp file is left.
+    """
     path = Path(path)
+    try:
+        return _atomic_write_bytes(path, data, mode, tmp_prefix)
+    except OSError as exc:
+        raise CareError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})") from None
+
+
+def _atomic_write_bytes(path: Path, data: bytes, mode: int, tmp_prefix: str | None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=tmp_prefix or f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from care.errors import CareError
+from care.errors import CareError, label
 
 BUILTIN = {"wai-sr": "wai-sr.yaml", "esconv-seeker": "esconv-seeker.yaml"}
 DEFAULT_INSTRUMENT = "wai-sr"
@@ -49,7 +49,7 @@ class Instrument(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     description: str = ""
-    languages: list[str]
+    languages: list[str] = Field(min_length=1)
     scale: Scale
     dimensions: list[str]
     items: list[Item] = Field(min_length=1)
@@ -115,14 +115,19 @@ def load_instrument(ref: str | Path | None = None) -> Instrument:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise CareError(f"{source}{where}: instrument is not valid YAML") from None
+    except RecursionError:
+        raise CareError(f"{source}: instrument YAML is nested too deeply") from None
     if not isinstance(data, dict):
         raise CareError(f"{source}: instrument must be a YAML mapping")
     try:
         return Instrument.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise CareError(f"{source}: instrument field={loc}: {first['msg']} ({exc.error_count()} problem(s))") from None
+        first = exc.errors(include_input=False, include_url=False)[0]
+        loc = label(".".join(str(p) for p in first["loc"]) or "<root>", 120)
+        raise CareError(f"{source}: instrument field={loc}: {label(first['msg'], 300)} "
+                        f"({exc.error_count()} problem(s))") from None
+    except RecursionError:
+        raise CareError(f"{source}: instrument YAML is nested too deeply") from None
 
 
 def instrument_path(ref: str | Path | None = None) -> Path | None:

@@ -15,14 +15,15 @@ already in `DIR/sessions.jsonl`. Any of these refuses the whole file, with every
 
 Also refused before anything changes: `DIR` not tracked by a `DIR.dvc` file beside it (run `dvc add DIR`
 first), and `DIR` differing from what `DIR.dvc` records (an unrecorded edit, or an earlier add that was
-killed: `dvc checkout DIR` restores the recorded version).
+killed: `dvc checkout DIR --force` restores the recorded version; without `--force` DVC refuses to drop the
+unrecorded bytes).
 
 Otherwise the full new file (old bytes, then one canonical JSON line per new session) is written to a
 temporary file in `DIR`, fsynced and renamed over `DIR/sessions.jsonl`, and `dvc add DIR` runs in the
 repository root to update `DIR.dvc` and the cache. A failure or an interrupt (Ctrl-C, SIGTERM) after the
 rename restores the old `sessions.jsonl` and `DIR.dvc` bytes. A SIGKILL after the rename can leave the new
 `sessions.jsonl` with the old `DIR.dvc`: the next add refuses with a clear message and
-`dvc checkout DIR` brings back the recorded (old) version, which `dvc add` already put in the cache.
+`dvc checkout DIR --force` brings back the recorded (old) version, which `dvc add` already put in the cache.
 
 Nothing here prints or records transcript or rationale text: messages carry file, line, ids and fields.
 """
@@ -239,8 +240,8 @@ def _check_clean(tracking: Tracking, dvc: DvcRunner) -> None:
         raise CareError(f"`dvc status` failed in {tracking.repo_root} (exit {code}): {_tail(out)}; nothing changed")
     if status:
         raise CareError(f"{tracking.target} differs from {tracking.dvc_file.name} (unrecorded changes, or an earlier "
-                        f"add that was interrupted): `dvc checkout {tracking.target}` restores the recorded version, "
-                        f"`dvc add {tracking.target}` records the current one; nothing changed")
+                        f"add that was interrupted): `dvc checkout {tracking.target} --force` restores the recorded "
+                        f"version, `dvc add {tracking.target}` records the current one; nothing changed")
 
 
 def _tail(text: str, n: int = 5) -> str:

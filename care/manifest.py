@@ -11,11 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from care.errors import CareError
+from care.errors import CareError, label
 from care.fsutil import atomic_write_json
 
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
+_SHOWN = 20  # problems named in the refusal message
 
 
 def sha256_file(path: str | Path) -> str:
@@ -53,7 +54,7 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
         raise CareError(f"{path}: no manifest; not a release package")
     try:
         manifest = json.loads(path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: also numbers over the digit limit
         raise CareError(f"{path}: manifest is not valid JSON") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise CareError(f"{path}: manifest has no 'files' mapping")
@@ -68,16 +69,17 @@ def verify_package(root: str | Path) -> dict[str, Any]:
     manifest = read_manifest(root)
     listed = manifest["files"]
     present = set(package_files(root))
-    problems = [f"{rel}: missing" for rel in sorted(set(listed) - present)]
-    problems += [f"{rel}: not in the manifest" for rel in sorted(present - set(listed))]
+    problems = [f"{label(rel)}: missing" for rel in sorted(set(listed) - present)]
+    problems += [f"{label(rel)}: not in the manifest" for rel in sorted(present - set(listed))]
     for rel in sorted(set(listed) & present):
         entry = listed[rel]
         if not isinstance(entry, dict) or "sha256" not in entry or "size" not in entry:
             problems.append(f"{rel}: manifest entry malformed")
         elif (root / rel).stat().st_size != entry["size"]:
-            problems.append(f"{rel}: size {(root / rel).stat().st_size} != manifest {entry['size']}")
+            problems.append(f"{rel}: size {(root / rel).stat().st_size} != manifest {label(str(entry['size']), 20)}")
         elif sha256_file(root / rel) != entry["sha256"]:
             problems.append(f"{rel}: sha256 does not match the manifest")
     if problems:
-        raise CareError(f"{root}: package does not match its manifest ({len(problems)} problem(s)): " + "; ".join(problems))
+        shown = problems[:_SHOWN] + ([f"and {len(problems) - _SHOWN} more"] if len(problems) > _SHOWN else [])
+        raise CareError(f"{root}: package does not match its manifest ({len(problems)} problem(s)): " + "; ".join(shown))
     return manifest

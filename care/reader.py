@@ -40,6 +40,33 @@ def _field_of(loc: tuple) -> str:
     return out or "<line>"
 
 
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _lone_surrogate(obj: object) -> str | None:
+    """The field path of the first key or string holding a lone surrogate (a `\\ud800` escape without its
+    pair), or None. Such text cannot be encoded as UTF-8: tokenizers, pandas and every writer reject it."""
+    stack: list[tuple[object, tuple]] = [(obj, ())]
+    while stack:
+        value, loc = stack.pop()
+        if isinstance(value, str):
+            if _has_surrogate(value):
+                return _field_of(loc)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if _has_surrogate(k):
+                    return _field_of(loc + (k,))
+                stack.append((v, loc + (k,)))
+        elif isinstance(value, list):
+            stack.extend((v, loc + (i,)) for i, v in enumerate(value))
+    return None
+
+
 def read_jsonl(path: str | Path) -> ParsedFile:
     """Parse every line of `path` into a Session.
 
@@ -73,6 +100,14 @@ def read_jsonl(path: str | Path) -> ParsedFile:
             continue
         except RecursionError:
             out.problems.append(Problem(lineno, "?", "<json>", "JSON nested too deeply", str(path)))
+            continue
+        except ValueError:  # an integer literal over Python's digit limit (sys.get_int_max_str_digits)
+            out.problems.append(Problem(lineno, "?", "<json>", "malformed JSON: number too long", str(path)))
+            continue
+        bad = _lone_surrogate(obj) if "\\u" in line else None
+        if bad is not None:
+            out.problems.append(Problem(lineno, _session_id_of(obj), bad,
+                                        "not valid Unicode: a \\u escape encodes a lone surrogate", str(path)))
             continue
         sid = _session_id_of(obj)
         if not isinstance(obj, dict):

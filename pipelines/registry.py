@@ -15,9 +15,11 @@ Versions. `register_package` never names a version: ZenML numbers them (1, 2, ..
 pipeline step whose pipeline (or step) carries ``Model(name=<model name>)``, it uses that run's model
 version instead of creating one, so the pipeline's own model version gets the package and metadata.
 
-Pull. Files are copied with fileio into a temporary directory beside the target, every sha256 in the
-manifest is checked (`care.manifest.verify_package`) and the directory is renamed into place only when
-all match; `load_artifact` is never used (it leaves /tmp/zenml-* folders behind).
+Pull. The stored manifest must hash to the registered sha256 and the stored folder must hold exactly the
+files it lists (an extra file is refused, as in `care.manifest.verify_package`). Files are copied with
+fileio into a temporary directory beside the target, every sha256 in the manifest is checked
+(`care.manifest.verify_package`) and the directory is renamed into place only when all match;
+`load_artifact` is never used (it leaves /tmp/zenml-* folders behind).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from zenml.client import Client  # noqa: E402
 from zenml.enums import ArtifactType, ModelStages  # noqa: E402
 from zenml.io import fileio  # noqa: E402
 
-from care.errors import CareError, UsageError  # noqa: E402
+from care.errors import CareError, UsageError, label  # noqa: E402
 from care.fsutil import atomic_dir  # noqa: E402
 from care.manifest import MANIFEST, read_manifest, verify_package  # noqa: E402
 from care.promotion import STAGES, Decision, decide_promotion, key_metrics, registry_metadata  # noqa: E402
@@ -63,8 +65,36 @@ def _safe_rel(rel: str) -> str:
     return p.as_posix()
 
 
+def _ensure_source_root() -> None:
+    """Let ZenML load the active stack's components however `care` was started.
+
+    ZenML resolves stack components through its source root: a `zenml init` repository, else the directory
+    of `__main__`'s file. Without either (`python -c`, a notebook, an embedded interpreter) reaching the
+    artifact store raises RuntimeError; the project root is used then (and only then).
+    """
+    from zenml.utils import source_utils
+
+    try:
+        source_utils.get_source_root()
+    except RuntimeError:
+        source_utils.set_custom_source_root(str(Path(__file__).resolve().parents[1]))
+
+
 def _join(uri: str, rel: str) -> str:
     return posixpath.join(uri, rel) if "://" in uri else os.path.join(uri, *rel.split("/"))
+
+
+def _stored_files(uri: str) -> set[str]:
+    """Relative POSIX paths of every file under the stored package at `uri` (local or remote store)."""
+    root = uri.rstrip("/")
+    out: set[str] = set()
+    for dirpath, _dirs, files in fileio.walk(uri):
+        dirpath = str(dirpath).rstrip("/")
+        if not dirpath.startswith(root):
+            raise CareError(f"cannot list the stored package at {uri} (walk returned {dirpath})")
+        sub = dirpath[len(root):].replace("\\", "/").strip("/")
+        out.update(f"{sub}/{name}" if sub else str(name) for name in files)
+    return out
 
 
 def _copy_to_store(src: Path, dst: str) -> None:
@@ -136,6 +166,7 @@ def store_package(package_dir: str | Path) -> tuple[str, str]:
     package_dir = Path(package_dir)
     manifest = verify_package(package_dir)
     sha = _manifest_sha256(package_dir)
+    _ensure_source_root()
     store = Client().active_stack.artifact_store
     uri = _join(store.path, f"{PACKAGES_DIR}/{sha}")
     marker = _join(uri, MANIFEST)
@@ -317,6 +348,7 @@ def pull_package(out: str | Path, model_name: str = DEFAULT_MODEL_NAME, version:
     mv = _resolve_version(client, model_name, version=version, stage=stage)
     av = _package_location(client, mv, model_name)
     if av.artifact_store_id:  # instantiating the store registers its filesystem for fileio
+        _ensure_source_root()
         from zenml.artifacts.utils import load_artifact_store
 
         load_artifact_store(av.artifact_store_id)
@@ -332,6 +364,10 @@ def pull_package(out: str | Path, model_name: str = DEFAULT_MODEL_NAME, version:
             if hashlib.sha256((tmp / MANIFEST).read_bytes()).hexdigest() != expected_sha:
                 raise CareError(f"version {mv.number}: stored {MANIFEST} does not match the registered sha256")
             manifest = json.loads((tmp / MANIFEST).read_text("utf-8"))
+            extra = sorted(_stored_files(uri) - set(manifest.get("files", {})) - {MANIFEST})
+            if extra:  # the same rule as care.manifest.verify_package: exactly the listed files, no more
+                raise CareError(f"version {mv.number}: {len(extra)} file(s) in the stored package are not in its "
+                                f"manifest: " + ", ".join(label(rel) for rel in extra[:20]))
             missing = []
             for rel in sorted(manifest.get("files", {})):
                 src = _join(uri, _safe_rel(rel))

@@ -66,6 +66,8 @@ def export_onnx(merged_dir: str | Path, out_dir: str | Path, device: str = "cpu"
     """
     if device not in ("cpu", "cuda"):
         raise CareError(f"unknown export device {device!r} (cpu or cuda)")
+    if not any(Path(merged_dir).glob("model*.safetensors")):  # no pickled .bin fallback
+        raise CareError(f"{merged_dir}: no model*.safetensors (only safetensors weights are loaded)")
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     from optimum.exporters.onnx import main_export
 

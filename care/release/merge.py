@@ -36,9 +36,13 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | 
     if not (adapter_dir / "adapter_config.json").is_file():
         if not (adapter_dir / "config.json").is_file():
             raise CareError(f"{adapter_dir}: neither a LoRA adapter nor a model directory")
+        if not any(adapter_dir.glob("model*.safetensors")):
+            raise CareError(f"{adapter_dir}: no model*.safetensors (only safetensors weights are loaded)")
         with atomic_dir(out_dir) as tmp:
             shutil.copytree(adapter_dir, tmp, dirs_exist_ok=True)
         return {"kind": "full", "max_logit_diff": 0.0, "n_prompts": 0}
+    if not (adapter_dir / "adapter_model.safetensors").is_file():  # else peft would fall back to pickled .bin weights
+        raise CareError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors adapters are loaded)")
     if not check_inputs:
         raise CareError("merge parity needs at least one held prompt")
     import torch
