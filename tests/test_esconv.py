@@ -206,3 +206,12 @@ def test_instrument_ships():
     assert inst.items_by_dimension == {"task": ["relevance"], "bond": ["empathy"]}
     assert (inst.scale.min, inst.scale.max) == (1, 5)
     assert all(set(labels) >= {"en", "zh"} for labels in inst.scale.labels.values())
+
+
+def test_line_separator_inside_a_string_does_not_split_a_record(tmp_path, slices):
+    """U+2028 is legal inside a JSON string; only newlines separate HF records."""
+    rec = json.loads(json.dumps(slices["hf"][0]))
+    turn = next(t for t in rec["dialog"] if t.get("text"))
+    turn["text"] = turn["text"] + "\u2028" + "more"
+    path = _write_hf(tmp_path / "train.json", [rec] + slices["hf"][1:3])
+    assert import_esconv([path]).report()["files"][0]["read"] == 3

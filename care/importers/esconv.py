@@ -144,7 +144,7 @@ def _records(path: Path) -> tuple[str, list[Any]]:
         return "original-json", data
     if head == "{":
         records = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a string
             if not line.strip():
                 continue
             try:
