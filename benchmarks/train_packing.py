@@ -158,6 +158,15 @@ def llama8b(args) -> list[dict]:
         sync()
         wall = time.perf_counter() - t0
         n_tokens = sum(tokens(u) for u in units)
+        if args.profile and dev == "cuda":
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                one(units[0])
+                sync()
+            optimizer.zero_grad(set_to_none=True)
+            print(f"# {layout}: one unit, top CUDA kernels", flush=True)
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60), flush=True)
         results.append({"layout": layout, "device": torch.cuda.get_device_name() if dev == "cuda" else dev,
                         "model": "toy (smoke)" if args.smoke else "llama-3.1-8b-shaped (random)",
                         "sessions": args.sessions, "transcript_tokens": args.transcript_tokens,
@@ -180,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transcript-tokens", type=int, default=1500)
     ap.add_argument("--device", default="cuda", help="--llama8b only")
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--profile", action="store_true", help="--llama8b: print the top CUDA kernels of one unit")
     ap.add_argument("--layout", choices=list(LAYOUTS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
