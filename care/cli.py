@@ -19,7 +19,8 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# A traceback never shows local variables (they can hold transcripts); older typer versions showed them by default.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="CARE: predict how the client experienced a counseling session (working alliance), item by item.")
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: list, show, promote, pull.")
 annotations_app = typer.Typer(no_args_is_help=True, help="Add annotated sessions to the DVC-tracked data.")
