@@ -59,7 +59,7 @@ class LoraParams(_Section):
 
 class TrainParams(_Section):
     targets: Literal["rationale", "score_only"] = "rationale"
-    packing: Literal["session", "item"] = "session"
+    packing: Literal["item", "session"] = "item"
     epochs: float = 1
     max_steps: int | None = None
     lr: float = 3e-3

@@ -147,3 +147,27 @@ def test_packed_attention_under_gradient_checkpointing(base):  # noqa: F811
     _, _, got = _loss_and_grads(ckpt, lambda: packed_loss(ckpt, pack_session(group), "cpu", 30.0))
     scale = max(float(g.abs().max()) for g in want.values())
     assert max(float((want[n] - got[n]).abs().max()) for n in want) <= REL * scale
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_session_layout_trains_the_same_weights_when_steps_hold_the_same_items(base, tmp_path, share_prefix):  # noqa: F811
+    """End to end through `finetune`: with every step holding all sessions (so order inside a step is all
+    that differs) and no dropout, three optimizer steps in either layout give the same adapter."""
+    from safetensors.torch import load_file
+
+    from care.training import finetune
+
+    path, tok, examples = base
+    n_sessions = len({e.session_id for e in examples})
+    weights = {}
+    for packing in ("session", "item"):
+        p = _params(tmp_path, packing=packing, share_prefix=share_prefix, max_steps=3, lr=2e-2, batch_size=12,
+                    grad_accum=n_sessions)
+        stats = finetune(path, examples, p, tmp_path / packing)
+        assert stats["packing"] == packing and stats["steps"] == 3
+        weights[packing] = load_file(str(tmp_path / packing / "adapter_model.safetensors"))
+    a, b = weights["session"], weights["item"]
+    assert a.keys() == b.keys()
+    for name in a:
+        scale = float(b[name].abs().max())
+        assert float((a[name] - b[name]).abs().max()) <= 1e-4 * max(scale, 1e-6), name
