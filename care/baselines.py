@@ -9,6 +9,7 @@
   helper's value (the mean of the helper items mapped to it), so the dimension's prediction is that value;
   items of unmapped dimensions are absent. The value stays on the helper's own scale: its correlations
   are what matters, its MSE only when the scales agree.
+- ``tfidf``: TF-IDF + ridge fitted on the training sessions' transcripts (``care.text_baseline``).
 - ``zero_shot`` comes from model scoring and is passed to ``evaluate`` like any prediction.
 """
 
@@ -87,8 +88,10 @@ def baseline_results(
     held_out: Iterable[Session],
     instrument: Instrument,
     helper_map: Mapping[str, str | Sequence[str]] | None = None,
+    text: bool = False,
 ) -> dict[str, dict]:
-    """``{name: evaluate(...)}`` for ``counselor``, ``train_mean`` and (when ``helper_map``) ``helper_proxy``.
+    """``{name: evaluate(...)}`` for ``counselor``, ``train_mean``, (when ``helper_map``) ``helper_proxy``
+    and (when ``text``) ``tfidf``.
 
     The ``counselor`` entry is always present; with no counselor ratings its metrics are null (n = 0).
     """
@@ -101,4 +104,8 @@ def baseline_results(
     }
     if helper_map:
         out["helper_proxy"] = evaluate(helper_proxy_predictions(held_out, instrument, helper_map), true, instrument)
+    if text:
+        from care.text_baseline import tfidf_predictions
+
+        out["tfidf"] = evaluate(tfidf_predictions(train, held_out, instrument), true, instrument)
     return out

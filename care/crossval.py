@@ -185,11 +185,7 @@ def fold_metrics(params: Params | dict, folds_doc: dict, k: int, scored: dict) -
     train, test, instrument = _split(p, folds_doc, k)
     true = client_items(test)
     readouts = {mode: evaluate(scored["predictions"][mode], true, instrument) for mode in ("expected", "greedy")}
-    baselines = baseline_results(train, test, instrument, p.eval.helper_proxy or None)
-    if p.eval.text_baseline:
-        from care.text_baseline import tfidf_predictions
-
-        baselines["tfidf"] = evaluate(tfidf_predictions(train, test, instrument), true, instrument)
+    baselines = baseline_results(train, test, instrument, p.eval.helper_proxy or None, text=p.eval.text_baseline)
     if "zero_shot" in scored:
         baselines["zero_shot"] = evaluate(scored["zero_shot"]["predictions"], true, instrument)
     return {

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from care.errors import CareError
 from care.params import Params
-from care.packing import (PackedSession, pack_by_session, packed_loss, restore_attention,  # noqa: F401
-                          shared_prefix_length, use_packed_attention)
+from care.packing import (PackedSession, pack_by_session, packed_loss, restore_attention, shared_prefix_length,
+                          use_packed_attention)
 from care.prompts import IGNORE_INDEX, Example
 
 STATS_FILE = "train_stats.json"
