@@ -4,8 +4,8 @@
         ../shared/data/esconv/FailedESConv.part-a.json --out data-esconv
     python benchmarks/esconv_baselines.py [data-esconv/sessions.jsonl] [--folds 5] [--seed 123]
 
-Client-grouped, score-stratified folds (care.folds.make_folds, as in the CV run); every baseline is fitted
-on the training folds and scored on the held-out fold with care.metrics.evaluate; the table gives the mean
+Client-grouped, score-stratified folds (care.data.folds.make_folds, as in the CV run); every baseline is fitted
+on the training folds and scored on the held-out fold with care.evaluation.metrics.evaluate; the table gives the mean
 (and sample std) over folds, per dimension and per item, and n = pairs over all folds. The helper proxy is
 the supporter's own 0-5 item (helper_ratings.supporter_detail), mapped to the task dimension (its item is
 called "relevance" in the corpus; also shown mapped to bond): only its correlations mean something, its
@@ -22,12 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from care.baselines import client_items, helper_proxy_predictions, train_mean_predictions  # noqa: E402
-from care.folds import make_folds, split  # noqa: E402
-from care.instrument import load_instrument  # noqa: E402
-from care.metrics import aggregate, evaluate  # noqa: E402
-from care.text_baseline import tfidf_predictions  # noqa: E402
-from care.validation import load_valid_sessions  # noqa: E402
+from care.evaluation.baselines import client_items, helper_proxy_predictions, train_mean_predictions  # noqa: E402
+from care.data.folds import make_folds, split  # noqa: E402
+from care.data.instrument import load_instrument  # noqa: E402
+from care.evaluation.metrics import aggregate, evaluate  # noqa: E402
+from care.evaluation.text_baseline import tfidf_predictions  # noqa: E402
+from care.data.validation import load_valid_sessions  # noqa: E402
 
 
 def _fmt(mean, std) -> str:

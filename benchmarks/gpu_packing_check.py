@@ -4,7 +4,7 @@
 
 1. The packed loss and LoRA gradients equal the per-item ones on CUDA (tiny preset, fp32, SDPA kernels of
    the GPU), and their difference under bf16 autocast.
-2. `care.training.finetune` with `train.packing=session` and with `item` on CUDA: bf16 mixed precision
+2. `care.model.training.finetune` with `train.packing=session` and with `item` on CUDA: bf16 mixed precision
    through accelerate, a few steps each (loss, tokens/s).
 Prints one JSON line per check.
 """
@@ -28,13 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
 
-    from care.base_models import load_base, load_tokenizer, prepare_base
-    from care.instrument import load_instrument
-    from care.packing import pack_session, packed_loss, use_packed_attention
+    from care.model.presets import load_base, load_tokenizer, prepare_base
+    from care.data.instrument import load_instrument
+    from care.model.packing import pack_session, packed_loss, use_packed_attention
     from care.params import Params
-    from care.prompts import PromptBuilder, build_examples
-    from care.synth import generate
-    from care.training import collate, finetune, target_loss
+    from care.model.prompts import PromptBuilder, build_examples
+    from care.data.synth import generate
+    from care.model.training import collate, finetune, target_loss
 
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():

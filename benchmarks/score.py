@@ -1,13 +1,13 @@
 """Scoring speed: naive PyTorch `generate` per item vs PyTorch shared transcript cache vs ONNX Runtime package.
 
-Same model (the `tiny` preset base built by care.base_models, or `--random` for a random tiny Llama), same
+Same model (the `tiny` preset base built by care.model.presets, or `--random` for a random tiny Llama), same
 synthetic sessions of CounselingWAI length (default 100 sessions of about 78 utterances), scores only:
 
   (a) naive: one `model.generate` per (session, item) on the full prompt, the score read from the first
       generated step's logits (as the paper's inference does, one prompt at a time);
-  (b) PyTorch with the shared transcript cache (care.scoring.score_sessions, shared_cache=True);
+  (b) PyTorch with the shared transcript cache (care.evaluation.torch_scoring.score_sessions, shared_cache=True);
   (c) the `care score` path: the exported, packaged model on ONNX Runtime with the shared cache
-      (care.onnx_scoring.score_sessions in-process; the CLI is also timed once, start-up included).
+      (care.release.onnx_runtime.score_sessions in-process; the CLI is also timed once, start-up included).
 
 Checks that the expected scores of (a), (b), (c) agree within 1e-3. The last line is
 `speedup: onnx_vs_naive=X.Xx onnx_vs_torch_shared=Y.Yx`.
@@ -33,9 +33,9 @@ def _base(args, work: Path) -> Path:
     from care.params import Params
 
     if args.random:
-        from care.prompts import render_transcript
-        from care.synth import generate
-        from care.tiny import random_model, train_tokenizer
+        from care.model.prompts import render_transcript
+        from care.data.synth import generate
+        from care.model.tiny import random_model, train_tokenizer
 
         out = work / "random-base"
         if not (out / "config.json").is_file():
@@ -44,14 +44,14 @@ def _base(args, work: Path) -> Path:
             random_model(tok).save_pretrained(out, safe_serialization=True)
             tok.save_pretrained(out)
         return out
-    from care.base_models import prepare_base
-    from care.workspace import cache_root
+    from care.model.presets import prepare_base
+    from care.run.workspace import cache_root
 
     return Path(prepare_base(Params(), cache_root()))
 
 
 def _package(base: Path, work: Path, max_length: int, reserve: int) -> Path:
-    from care.instrument import instrument_path
+    from care.data.instrument import instrument_path
     from care.release import build_package, export_onnx
 
     pkg = work / "package"
@@ -66,10 +66,10 @@ def _package(base: Path, work: Path, max_length: int, reserve: int) -> Path:
 def _naive(model, tok, builder, sessions):
     """(expected, greedy) per item from one `generate` call per item on the full prompt: the expected score from
     the first step's logits, the greedy score parsed from the generated text (up to 1 + FALLBACK_TOKENS
-    tokens, as care.scoring reads it)."""
+    tokens, as care.evaluation.torch_scoring reads it)."""
     import torch
 
-    from care.scoring import FALLBACK_TOKENS, parse_score
+    from care.evaluation.torch_scoring import FALLBACK_TOKENS, parse_score
 
     digits = torch.tensor(builder.digit_ids)
     points = torch.tensor(builder.instrument.scale.points, dtype=torch.float64)
@@ -112,14 +112,14 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from care.base_models import load_tokenizer
+    from care.model.presets import load_tokenizer
     from care.fsutil import atomic_write_lines
-    from care.instrument import load_instrument
-    from care.onnx_scoring import default_threads, load_package
-    from care.onnx_scoring import score_sessions as ort_score
-    from care.prompts import PromptBuilder
-    from care.scoring import score_sessions as torch_score
-    from care.synth import generate
+    from care.data.instrument import load_instrument
+    from care.release.onnx_runtime import default_threads, load_package
+    from care.release.onnx_runtime import score_sessions as ort_score
+    from care.model.prompts import PromptBuilder
+    from care.evaluation.torch_scoring import score_sessions as torch_score
+    from care.data.synth import generate
 
     threads = default_threads()
     torch.set_num_threads(threads)
@@ -183,7 +183,7 @@ def main() -> None:
     inp = work / "bench_sessions.jsonl"
     atomic_write_lines(inp, [s.to_json() for s in sessions])
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "care.cli", "score", "--model", str(pkg.root), str(inp),
+    proc = subprocess.run([sys.executable, "-m", "care_cli.main", "score", "--model", str(pkg.root), str(inp),
                            "--out", str(work / "bench_scores.jsonl"), "--batch-size", str(args.batch_size)],
                           capture_output=True, text=True)
     cli = time.perf_counter() - t

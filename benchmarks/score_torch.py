@@ -16,14 +16,14 @@ import time
 
 
 def _sessions(n: int, utterances: int, seed: int, source: str):
-    """care.synth sessions (its utterances run about 20 characters), or random ones of about 28 characters."""
+    """care.data.synth sessions (its utterances run about 20 characters), or random ones of about 28 characters."""
     if source == "synth":
-        from care.synth import generate
+        from care.data.synth import generate
 
         sessions, _ = generate(n_sessions=n, language="zh", seed=seed, mean_utterances=utterances)
-        return sessions, "care.synth"
+        return sessions, "care.data.synth"
     else:
-        from care.schema import Session, Turn
+        from care.data.schema import Session, Turn
 
         rng = random.Random(seed)
         chars = "我你他的了是在有不这个们来到时大地为上和也要就出会可以说生对年着能过工作压力睡觉焦虑沟通领导家人朋友感觉咨询"
@@ -51,10 +51,10 @@ def main() -> None:
 
     import torch
 
-    from care.instrument import load_instrument
-    from care.prompts import PromptBuilder, item_block, render_transcript
-    from care.scoring import score_sessions
-    from care.tiny import random_model, train_tokenizer
+    from care.data.instrument import load_instrument
+    from care.model.prompts import PromptBuilder, item_block, render_transcript
+    from care.evaluation.torch_scoring import score_sessions
+    from care.model.tiny import random_model, train_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -26,7 +26,7 @@ GNU_TIME = "/usr/bin/time"
 
 def _care() -> list[str]:
     exe = shutil.which("care") or str(Path(sys.executable).with_name("care"))
-    return [exe] if Path(exe).exists() else [sys.executable, "-m", "care.cli"]
+    return [exe] if Path(exe).exists() else [sys.executable, "-m", "care_cli.main"]
 
 
 def _run_gnu_time(cmd: list[str]) -> dict:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         size_mb = (out / "sessions.jsonl").stat().st_size / 2**20
         validate = measure([*care, "validate", str(out / "sessions.jsonl")])
         results["validate"] = validate
-        missing = validate["rc"] != 0 and re.search(r"No such command|No module named 'care.validation'",
+        missing = validate["rc"] != 0 and re.search(r"No such command|No module named 'care.data.validation'",
                                                     validate["stderr"])
         if missing:
             validate["skipped"] = "care validate is not available in this checkout"

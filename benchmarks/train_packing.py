@@ -55,12 +55,12 @@ def cpu_layout(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from care.base_models import load_tokenizer, prepare_base
-    from care.instrument import load_instrument
+    from care.model.presets import load_tokenizer, prepare_base
+    from care.data.instrument import load_instrument
     from care.params import Params
-    from care.prompts import PromptBuilder, build_examples
-    from care.synth import generate
-    from care.training import finetune
+    from care.model.prompts import PromptBuilder, build_examples
+    from care.data.synth import generate
+    from care.model.training import finetune
 
     packing, share = LAYOUTS[args.layout]
     params = Params()
@@ -95,9 +95,9 @@ def llama8b(args) -> list[dict]:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from care.packing import pack_by_session, packed_loss
-    from care.prompts import IGNORE_INDEX, Example
-    from care.training import collate, target_loss
+    from care.model.packing import pack_by_session, packed_loss
+    from care.model.prompts import IGNORE_INDEX, Example
+    from care.model.training import collate, target_loss
 
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():

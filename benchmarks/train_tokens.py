@@ -33,12 +33,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from care.base_models import load_tokenizer, prepare_base
-    from care.instrument import load_instrument
+    from care.model.presets import load_tokenizer, prepare_base
+    from care.data.instrument import load_instrument
     from care.params import Params
-    from care.prompts import PromptBuilder, build_examples
-    from care.synth import generate
-    from care.training import finetune
+    from care.model.prompts import PromptBuilder, build_examples
+    from care.data.synth import generate
+    from care.model.training import finetune
 
     params = Params()
     params.train.targets = args.targets

@@ -100,7 +100,7 @@ class EvalParams(_Section):
 
 
 class GateParams(_Section):
-    """Release gate on the cross-validated means (see care.gate). Keys are dimensions; "*" applies to
+    """Release gate on the cross-validated means (see care.evaluation.gate). Keys are dimensions; "*" applies to
     every dimension in cv.json not named explicitly. A named dimension missing from cv.json fails."""
 
     min_pearson: dict[str, float] = {"*": 0.3}

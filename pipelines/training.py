@@ -52,7 +52,7 @@ def run_training(params, outputs, release: bool = True) -> dict:
     from zenml.utils import source_utils
 
     import steps
-    from care.workspace import Outputs
+    from care.run.workspace import Outputs
 
     # Steps are imported by module path from the project root, however `care` was started.
     source_utils.set_custom_source_root(str(Path(steps.__file__).resolve().parents[1]))

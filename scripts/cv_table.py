@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     items = list(cv["items"]["mean"])
     dims = list(cv["mean"])
     if args.instrument:
-        from care.instrument import load_instrument
+        from care.data.instrument import load_instrument
 
         inst = load_instrument(args.instrument)
         items, dims = list(inst.item_ids), list(inst.dimensions)

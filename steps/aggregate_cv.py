@@ -4,9 +4,9 @@ from typing import Annotated
 
 from zenml import log_metadata, step
 
-from care.crossval import aggregate
-from care.registry_metadata import cv_metadata
-from care.workspace import Outputs
+from care.run.crossval import aggregate
+from care.registry.metadata import cv_metadata
+from care.run.workspace import Outputs
 
 
 @step(enable_cache=False)

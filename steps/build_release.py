@@ -4,7 +4,7 @@ from typing import Annotated
 
 from zenml import log_metadata, step
 
-from care.crossval import params_of
+from care.run.crossval import params_of
 from care.release.build import build_release as _build_release
 
 

@@ -4,8 +4,8 @@ from typing import Annotated
 
 from zenml import log_metadata, step
 
-from care.crossval import gate, require_gate
-from care.workspace import Outputs
+from care.run.crossval import gate, require_gate
+from care.run.workspace import Outputs
 
 
 @step(enable_cache=False)

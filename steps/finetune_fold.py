@@ -4,7 +4,7 @@ from typing import Annotated
 
 from zenml import ArtifactConfig, step
 
-from care.crossval import finetune_on
+from care.run.crossval import finetune_on
 
 
 @step(enable_cache=False)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from zenml import ArtifactConfig, step
 
-from care.crossval import fold_metrics as _fold_metrics
+from care.run.crossval import fold_metrics as _fold_metrics
 
 
 @step(enable_cache=False)

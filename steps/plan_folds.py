@@ -4,8 +4,8 @@ from typing import Annotated
 
 from zenml import step
 
-from care.crossval import plan_folds as _plan_folds
-from care.workspace import Outputs
+from care.run.crossval import plan_folds as _plan_folds
+from care.run.workspace import Outputs
 
 
 @step(enable_cache=False)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from zenml import step
 
-from pipelines.registry import promote_on_pass, register_package
+from zenml_registry.client import promote_on_pass, register_package
 
 
 @step(enable_cache=False)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from zenml import ArtifactConfig, step
 
-from care.crossval import score_fold as _score_fold
+from care.run.crossval import score_fold as _score_fold
 
 
 @step(enable_cache=False)

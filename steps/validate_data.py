@@ -4,7 +4,7 @@ from typing import Annotated
 
 from zenml import step
 
-from care.crossval import data_summary
+from care.run.crossval import data_summary
 
 
 @step(enable_cache=False)

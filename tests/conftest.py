@@ -104,7 +104,7 @@ def run_cli():
     """Run the `care` CLI in-process: ``run_cli("validate", str(path))`` -> click Result (stdout, stderr)."""
     from typer.testing import CliRunner
 
-    from care.cli import app
+    from care_cli.main import app
 
     runner = CliRunner()
 

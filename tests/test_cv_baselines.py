@@ -8,9 +8,9 @@ import json
 
 from conftest import corpus_rows, write_jsonl_file
 
-from care import crossval
+from care.run import crossval
 from care.params import Params
-from care.workspace import Outputs
+from care.run.workspace import Outputs
 
 
 def _scored(test_ids, items):

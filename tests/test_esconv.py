@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from care.importers.esconv import HELPER_ITEM, import_esconv, write_import
-from care.instrument import load_instrument
+from care.data.importers.esconv import HELPER_ITEM, import_esconv, write_import
+from care.data.instrument import load_instrument
 
 ESCONV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esconv"
 HF_FILE = ESCONV / "train.json"
@@ -161,7 +161,7 @@ def test_empty_turns_dropped_and_counted(tmp_path, slices):
 
 
 def test_cli_output_validates_and_reimport_is_byte_identical(tmp_path, slices, run_cli):
-    from care.validation import validate_file
+    from care.data.validation import validate_file
 
     args = ["import", "esconv", str(slices["hf_path"]), str(slices["orig_path"])]
     first = run_cli(*args, "--out", str(tmp_path / "a"))

@@ -7,9 +7,9 @@ import random
 import pytest
 
 from care.errors import CareError
-from care.folds import fold_of, folds_document, make_folds, split
-from care.instrument import load_instrument
-from care.schema import Session
+from care.data.folds import fold_of, folds_document, make_folds, split
+from care.data.instrument import load_instrument
+from care.data.schema import Session
 
 INSTRUMENT = load_instrument("wai-sr")
 

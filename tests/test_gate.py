@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from care.errors import CareError
-from care.gate import GateFailed, evaluate_gate, raise_if_failed
+from care.evaluation.gate import GateFailed, evaluate_gate, raise_if_failed
 from care.params import GateParams, load_params
 
 

@@ -233,7 +233,7 @@ def _assert_no_temp_files(where: Path, allowed: set[str]) -> None:
     ("[" * 100_000 + "]" * 100_000, "<json>", "nested too deeply"),
 ])
 def test_reader_locates_lines_that_used_to_crash(tmp_path, line, field, message):
-    from care.reader import read_jsonl
+    from care.data.reader import read_jsonl
 
     path = tmp_path / "in.jsonl"
     path.write_bytes(_file(GOOD.replace('"h0"', '"ok"'), line))
@@ -244,7 +244,7 @@ def test_reader_locates_lines_that_used_to_crash(tmp_path, line, field, message)
 
 
 def test_reader_keeps_paired_surrogate_escapes(tmp_path):
-    from care.reader import read_jsonl
+    from care.data.reader import read_jsonl
 
     path = tmp_path / "in.jsonl"
     path.write_bytes(_file(GOOD.replace('"text": "', '"text": "\\ud83d\\ude00', 1)))
@@ -257,7 +257,7 @@ def test_reader_keeps_paired_surrogate_escapes(tmp_path):
 def test_reader_never_raises_on_a_line(content):
     """Line problems are collected; only file-level problems (not UTF-8, empty) raise, as one-line CareErrors."""
     from care.errors import CareError
-    from care.reader import read_jsonl
+    from care.data.reader import read_jsonl
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "in.jsonl"
@@ -322,7 +322,7 @@ def test_validate_report_into_a_directory_is_a_one_line_error(run_cli, tmp_path)
 # ------------------------------------------------------------------------------------------ instruments
 
 def _builtin_instrument() -> dict:
-    from care.instrument import instrument_path
+    from care.data.instrument import instrument_path
 
     return yaml.safe_load(instrument_path("wai-sr").read_text("utf-8"))
 
@@ -437,7 +437,7 @@ def test_add_refuses_without_touching_the_data(run_cli, add_repo, tmp_path, cont
 
 def test_add_accepts_weird_but_valid_text_byte_for_byte(run_cli, repo, tmp_path):
     """Control, bidi and combining characters and a 1 MB utterance are data: appended exactly, never echoed."""
-    from care.schema import Session
+    from care.data.schema import Session
 
     new = tmp_path / "new.jsonl"
     new.write_bytes(_file(WEIRD_VALID, MB_SESSION))

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from care.errors import CareError
-from care.instrument import BUILTIN, instrument_path, load_instrument
+from care.data.instrument import BUILTIN, instrument_path, load_instrument
 
 
 def test_wai_sr_dimensions_match_the_paper():

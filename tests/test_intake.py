@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from care.intake import TMP_PREFIX, add_annotations, run_dvc
+from care.data.intake import TMP_PREFIX, add_annotations, run_dvc
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -26,7 +26,7 @@ def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def template_repo(tmp_path_factory) -> Path:
-    from care.synth import write_corpus
+    from care.data.synth import write_corpus
 
     site = tmp_path_factory.mktemp("dvc-site")
     os.environ["DVC_SITE_CACHE_DIR"] = str(site)  # also for the dvc subprocesses the command starts
@@ -53,7 +53,7 @@ def _existing(repo: Path) -> list[dict]:
 
 def _new_rows(n: int, prefix: str = "n", seed: int = 7) -> list[dict]:
     """`n` valid sessions from the generator, with ids (sessions and clients) the repo does not hold."""
-    from care.synth import generate
+    from care.data.synth import generate
 
     sessions, _ = generate(n_sessions=max(n, 5), seed=seed)
     rows = [json.loads(s.to_json()) for s in sessions[:n]]

@@ -32,7 +32,7 @@ import pytest
 from zenml_env import clean_subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
-CARE = [sys.executable, "-c", "from care.cli import app; app()"]
+CARE = [sys.executable, "-c", "from care_cli.main import app; app()"]
 DVC = [sys.executable, "-m", "dvc"]
 TIMING_KEYS = {"train_seconds", "wall_s", "tokens_per_s"}  # wall-clock numbers: the only ones allowed to differ
 
@@ -53,17 +53,17 @@ def pause():
 
 if point == "train":  # at optimizer step N of the fine-tune whose progress label starts with LABEL
     import torch
-    import care.training
+    import care.model.training
 
     label, after = os.environ["CARE_TEST_PAUSE_LABEL"], int(os.environ["CARE_TEST_PAUSE_STEP"])
     state = {"label": "", "steps": 0}
-    finetune = care.training.finetune
+    finetune = care.model.training.finetune
 
     def counted_finetune(*args, **kwargs):
         state["label"], state["steps"] = kwargs.get("desc", ""), 0
         return finetune(*args, **kwargs)
 
-    care.training.finetune = counted_finetune
+    care.model.training.finetune = counted_finetune
     zero_grad = torch.optim.Optimizer.zero_grad
 
     @functools.wraps(zero_grad)  # accelerate inspects its signature
@@ -99,7 +99,7 @@ elif point in ("before-rename", "after-rename"):  # the rename of sessions.jsonl
 
     os.replace = watched_replace
 
-from care.cli import app
+from care_cli.main import app
 app()
 ''']
 
@@ -263,7 +263,7 @@ def test_two_clean_runs_give_identical_folds_weights_and_metrics(world, referenc
 
 
 def _package(where: Path) -> Path:
-    from care.manifest import write_manifest
+    from care.release.manifest import write_manifest
 
     where.mkdir(parents=True)
     (where / "model.onnx").write_bytes(os.urandom(1 << 16))
@@ -279,12 +279,12 @@ def _package(where: Path) -> Path:
 @pytest.mark.timeout(300)
 def test_killed_pull_leaves_no_package_and_the_next_pull_works(tmp_path):
     from care.errors import CareError
-    from care.manifest import verify_package
+    from care.release.manifest import verify_package
 
     store = tmp_path / "zenml"
     env = {**clean_subprocess_env(store), "OMP_NUM_THREADS": "1"}
     pkg = _package(tmp_path / "pkg")
-    register = ("from pipelines.registry import register_package, promote_on_pass; "
+    register = ("from zenml_registry.client import register_package, promote_on_pass; "
                 f"promote_on_pass(register_package({str(pkg)!r}, 'kill-pull'), 'kill-pull')")
     reg = subprocess.run([sys.executable, "-c", register], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
@@ -315,7 +315,7 @@ def test_killed_pull_leaves_no_package_and_the_next_pull_works(tmp_path):
 
 @pytest.fixture
 def dvc_repo(tmp_path):
-    from care.synth import write_corpus
+    from care.data.synth import write_corpus
 
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"),
            "OMP_NUM_THREADS": "1"}
@@ -325,7 +325,7 @@ def dvc_repo(tmp_path):
     subprocess.run([*DVC, "init", "-q"], cwd=repo, check=True, env=env)
     write_corpus(repo / "data", n_sessions=20, seed=0)
     subprocess.run([*DVC, "add", "-q", "data"], cwd=repo, check=True, env=env)
-    from care.synth import generate
+    from care.data.synth import generate
 
     sessions, _ = generate(n_sessions=5, seed=7)
     rows = [json.loads(s.to_json()) for s in sessions[:3]]
@@ -364,7 +364,7 @@ def _add(repo: Path, env: dict, new: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.timeout(300)
 def test_add_killed_before_its_rename_leaves_the_old_data(dvc_repo):
-    from care.intake import TMP_PREFIX
+    from care.data.intake import TMP_PREFIX
 
     repo, env, new = dvc_repo
     before = _state(repo)

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from care.baselines import (
+from care.evaluation.baselines import (
     baseline_results,
     client_items,
     counselor_predictions,
     helper_proxy_predictions,
     train_mean_predictions,
 )
-from care.instrument import load_instrument
-from care.metrics import aggregate, cv_document, evaluate, score_metrics
-from care.plots import PNG_NAME, predictions_rows, write_plots, write_predictions
-from care.schema import Session
+from care.data.instrument import load_instrument
+from care.evaluation.metrics import aggregate, cv_document, evaluate, score_metrics
+from care.evaluation.plots import PNG_NAME, predictions_rows, write_plots, write_predictions
+from care.data.schema import Session
 
 INSTRUMENT = load_instrument("wai-sr")
 ITEMS = INSTRUMENT.item_ids

@@ -10,9 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from care.errors import CareError  # noqa: E402
-from care.packing import (PACKED_ATTENTION, block_mask, pack_by_session, pack_session, packed_loss,  # noqa: E402
+from care.model.packing import (PACKED_ATTENTION, block_mask, pack_by_session, pack_session, packed_loss,  # noqa: E402
                           use_packed_attention)
-from care.prompts import IGNORE_INDEX  # noqa: E402
+from care.model.prompts import IGNORE_INDEX  # noqa: E402
 from test_training import _params, base  # noqa: E402,F401  (the module-scoped tiny base fixture)
 
 REL = 1e-5  # float32 tolerance, relative to the largest value compared
@@ -87,7 +87,7 @@ def test_pack_by_session_groups_and_refuses_mixing(base):  # noqa: F811
 @pytest.mark.parametrize("implementation", ["packed", "sdpa", "eager"])
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_packed_loss_and_gradients_equal_per_item(base, implementation, finetune):  # noqa: F811
-    from care.training import collate, target_loss
+    from care.model.training import collate, target_loss
 
     path, tok, examples = base
     group = _session(examples)
@@ -118,7 +118,7 @@ def test_eager_mask_is_additive():
 
 
 def test_finetune_with_session_packing(base, tmp_path):  # noqa: F811
-    from care.training import finetune
+    from care.model.training import finetune
 
     path, tok, examples = base
     p = _params(tmp_path, packing="session", max_steps=3, lr=2e-2)
@@ -155,7 +155,7 @@ def test_session_layout_trains_the_same_weights_when_steps_hold_the_same_items(b
     that differs) and no dropout, three optimizer steps in either layout give the same adapter."""
     from safetensors.torch import load_file
 
-    from care.training import finetune
+    from care.model.training import finetune
 
     path, tok, examples = base
     n_sessions = len({e.session_id for e in examples})

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from care.manifest import verify_package
+from care.release.manifest import verify_package
 from zenml_env import clean_subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
-CARE = [sys.executable, "-c", "from care.cli import app; app()"]
+CARE = [sys.executable, "-c", "from care_cli.main import app; app()"]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 

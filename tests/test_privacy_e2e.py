@@ -40,7 +40,7 @@ import pytest
 from zenml_env import clean_subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
-CARE = [sys.executable, "-c", "from care.cli import app; app()"]
+CARE = [sys.executable, "-c", "from care_cli.main import app; app()"]
 # `care` with one library function replaced by one that raises (an unexpected error, not a CareError), at a
 # point where the caller's local variables hold client text: the traceback must not show them.
 FAILING_CARE = [sys.executable, "-c", """
@@ -49,7 +49,7 @@ module, name = os.environ["CARE_TEST_FAIL"].split(":")
 def fail(*args, **kwargs):
     raise RuntimeError("simulated unexpected failure")
 setattr(importlib.import_module(module), name, fail)
-from care.cli import app
+from care_cli.main import app
 app()
 """]
 DVC = [sys.executable, "-m", "dvc"]
@@ -269,10 +269,10 @@ def world(tmp_path_factory) -> World:
 
     # Unexpected failures: inside scoring (the command's locals hold the sessions) and inside a pipeline step
     # (aggregate_cv's locals hold every session; ZenML records the failure in its store and logs).
-    w.failing_care("care.onnx_scoring:score_sessions", "score", "--model", str(w.base / "pulled"),
+    w.failing_care("care.release.onnx_runtime:score_sessions", "score", "--model", str(w.base / "pulled"),
                    str(w.inputs / "score.jsonl"))
     failed = w.base / "failed-run"
-    w.failing_care("care.plots:write_plots", "train", "--params", params, "--no-release",
+    w.failing_care("care.evaluation.plots:write_plots", "train", "--params", params, "--no-release",
                    "--metrics-dir", str(failed / "metrics"), "--plots-dir", str(failed / "plots"))
     return w
 

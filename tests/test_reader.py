@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from care.errors import CareError
-from care.reader import read_jsonl
+from care.data.reader import read_jsonl
 
 
 def test_reads_valid_sessions_with_line_numbers(tmp_path, make_session, write_jsonl):

@@ -1,4 +1,4 @@
-"""The model registry (pipelines.registry + care.promotion + `care models ...`) on an isolated local store."""
+"""The model registry (zenml_registry.client + care.registry.promotion + `care models ...`) on an isolated local store."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from care.manifest import write_manifest
-from care.promotion import compare, decide_promotion, registry_metadata
+from care.release.manifest import write_manifest
+from care.registry.promotion import compare, decide_promotion, registry_metadata
 from zenml_env import zenml_store  # noqa: F401  (module-scoped fixture)
 
 SECRET_TEXT = "来访者说她今天迟到了因为不想来"  # stands for transcript / rationale text
@@ -58,7 +58,7 @@ def _zenml_tmp_dirs() -> set[str]:
 
 
 def _holders(model_name: str) -> dict[str, list[int]]:
-    from pipelines.registry import list_versions
+    from zenml_registry.client import list_versions
 
     out: dict[str, list[int]] = {}
     for row in list_versions(model_name):
@@ -112,7 +112,7 @@ def test_comparison_rule():
 
 
 def test_register_numbers_versions_and_stages_on_pass(zenml_store, tmp_path):
-    from pipelines.registry import promote_on_pass, register_package, show_version
+    from zenml_registry.client import promote_on_pass, register_package, show_version
 
     v1 = register_package(make_package(tmp_path / "p1"), "reg-a")
     v2 = register_package(make_package(tmp_path / "p2"), "reg-a")
@@ -125,7 +125,7 @@ def test_register_numbers_versions_and_stages_on_pass(zenml_store, tmp_path):
 
 
 def test_identical_package_is_stored_once(zenml_store, tmp_path):
-    from pipelines.registry import register_package, show_version
+    from zenml_registry.client import register_package, show_version
 
     weights = os.urandom(4096)
     a = make_package(tmp_path / "a", weights=weights)
@@ -141,7 +141,7 @@ def test_identical_package_is_stored_once(zenml_store, tmp_path):
 
 
 def test_failed_gate_is_never_promotable(zenml_store, tmp_path, cli):
-    from pipelines.registry import promote_on_pass, register_package
+    from zenml_registry.client import promote_on_pass, register_package
 
     v = register_package(make_package(tmp_path / "bad", pearson=0.1, passed=False), "reg-fail")
     assert promote_on_pass(v, "reg-fail") is None
@@ -153,7 +153,7 @@ def test_failed_gate_is_never_promotable(zenml_store, tmp_path, cli):
 
 
 def test_production_needs_a_better_candidate_or_force(zenml_store, tmp_path, cli):
-    from pipelines.registry import register_package
+    from zenml_registry.client import register_package
 
     good = register_package(make_package(tmp_path / "good", pearson=0.5, mse=1.0), "reg-prod")
     worse = register_package(make_package(tmp_path / "worse", pearson=0.45, mse=0.9), "reg-prod")
@@ -177,7 +177,7 @@ def test_production_needs_a_better_candidate_or_force(zenml_store, tmp_path, cli
 
 
 def test_one_holder_per_stage_after_repeated_promotions(zenml_store, tmp_path):
-    from pipelines.registry import promote, register_package
+    from zenml_registry.client import promote, register_package
 
     versions = [register_package(make_package(tmp_path / f"p{i}", pearson=0.3 + 0.05 * i), "reg-many")
                 for i in range(3)]
@@ -190,15 +190,15 @@ def test_one_holder_per_stage_after_repeated_promotions(zenml_store, tmp_path):
 
 
 def _stored_dir(client, model_name: str, version: int) -> Path:
-    from pipelines.registry import show_version
+    from zenml_registry.client import show_version
 
     sha = show_version(model_name, version=version)["metadata"]["package_sha256"]
     return Path(client.active_stack.artifact_store.path) / "care-packages" / sha
 
 
 def test_pull_verifies_and_leaves_nothing_on_failure(zenml_store, tmp_path, cli):
-    from care.manifest import verify_package
-    from pipelines.registry import promote_on_pass, register_package
+    from care.release.manifest import verify_package
+    from zenml_registry.client import promote_on_pass, register_package
 
     before = _zenml_tmp_dirs()
     src = make_package(tmp_path / "src")
@@ -236,7 +236,7 @@ def test_pull_verifies_and_leaves_nothing_on_failure(zenml_store, tmp_path, cli)
 
 
 def test_list_and_show_print_metadata_only(zenml_store, tmp_path, cli):
-    from pipelines.registry import promote_on_pass, register_package
+    from zenml_registry.client import promote_on_pass, register_package
 
     v = register_package(make_package(tmp_path / "p", pearson=0.52, mse=1.04), "reg-show")
     promote_on_pass(v, "reg-show")
@@ -263,7 +263,7 @@ def test_list_and_show_print_metadata_only(zenml_store, tmp_path, cli):
 def test_register_inside_a_pipeline_uses_the_runs_model_version(zenml_store, tmp_path):
     from zenml import Model, pipeline
 
-    from pipelines.registry import list_versions, register_package, show_version
+    from zenml_registry.client import list_versions, register_package, show_version
     from steps import register_release
 
     pkg = make_package(tmp_path / "p")

@@ -31,8 +31,8 @@ CMD_TIMEOUT_S = 120
 REGISTER = r"""
 import os, sys
 from pathlib import Path
-from care.manifest import write_manifest
-from pipelines.registry import register_package, promote_on_pass
+from care.release.manifest import write_manifest
+from zenml_registry.client import register_package, promote_on_pass
 out = []
 for name, r in (("p1", 0.5), ("p2", 0.4)):
     d = Path(sys.argv[1]) / name
@@ -60,7 +60,7 @@ def _run(args, env, cwd, timeout=CMD_TIMEOUT_S) -> subprocess.CompletedProcess:
 
 
 def _care(env, cwd, *args) -> subprocess.CompletedProcess:
-    return _run([sys.executable, "-m", "care.cli", "models", *args], env, cwd)
+    return _run([sys.executable, "-m", "care_cli.main", "models", *args], env, cwd)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -19,7 +19,7 @@ _BUILT: dict[str, dict] = {}
 
 
 def _sessions(n: int, seed: int = 0, language: str = "zh", n_turns: int = 16):
-    from care.schema import Session
+    from care.data.schema import Session
 
     return [Session.model_validate(r) for r in corpus_rows(n, n_turns=n_turns, seed=seed, language=language)]
 
@@ -32,10 +32,10 @@ def build_tiny_release(root: Path) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from care.instrument import instrument_path, load_instrument
-    from care.prompts import TEXTS, item_block
+    from care.data.instrument import instrument_path, load_instrument
+    from care.model.prompts import TEXTS, item_block
     from care.release import build_package, check_parity, export_onnx, merge_adapter
-    from care.tiny import random_model, train_tokenizer
+    from care.model.tiny import random_model, train_tokenizer
 
     inst = load_instrument("wai-sr")
     texts = [json.dumps(r, ensure_ascii=False) for r in corpus_rows(30, seed=5)]
@@ -55,7 +55,7 @@ def build_tiny_release(root: Path) -> dict:
     peft_model.save_pretrained(adapter_dir, safe_serialization=True)
     tok.save_pretrained(adapter_dir)
 
-    from care.prompts import PromptBuilder
+    from care.model.prompts import PromptBuilder
 
     held = _sessions(2, seed=9)
     builder = PromptBuilder(tok, inst, MAX_LENGTH, RESERVE)
@@ -132,7 +132,7 @@ def test_parity_over_threshold_fails_with_numbers(rel):
 
 
 def test_package_contents_and_manifest(rel):
-    from care.manifest import verify_package
+    from care.release.manifest import verify_package
 
     pkg = rel["package"]
     manifest = verify_package(pkg)
@@ -146,7 +146,7 @@ def test_package_contents_and_manifest(rel):
 @pytest.mark.parametrize("damage", ["tamper", "missing", "extra"])
 def test_damaged_package_is_refused(rel, tmp_path, damage):
     from care.errors import CareError
-    from care.onnx_scoring import load_package
+    from care.release.onnx_runtime import load_package
 
     pkg = tmp_path / "pkg"
     shutil.copytree(rel["package"], pkg)
@@ -167,8 +167,8 @@ def test_damaged_package_is_refused(rel, tmp_path, damage):
 
 @pytest.mark.parametrize("language", ["zh", "en"])
 def test_package_tokenizer_matches_transformers(rel, language):
-    from care.onnx_scoring import PackageTokenizer
-    from care.prompts import PromptBuilder
+    from care.release.onnx_runtime import PackageTokenizer
+    from care.model.prompts import PromptBuilder
 
     hf = rel["tokenizer"]
     pt = PackageTokenizer(rel["package"])

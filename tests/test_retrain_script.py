@@ -63,7 +63,7 @@ def test_retrain_script_in_a_fresh_clone(tmp_path):
     status = run(sys.executable, "-m", "dvc", "status", "--json")
     assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout
 
-    listing = run(sys.executable, "-m", "care.cli", "models", "list", "--json")
+    listing = run(sys.executable, "-m", "care_cli.main", "models", "list", "--json")
     assert listing.returncode == 0, listing.stderr[-3000:]
     assert [v["stage"] for v in json.loads(listing.stdout)].count("staging") == 1
     assert (clone / "release" / "manifest.json").is_file()

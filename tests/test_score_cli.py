@@ -62,10 +62,10 @@ def test_stdout_and_rationales(rel, inputs, run_cli):
 
 
 def test_shared_cache_equals_per_item_and_torch(rel, inputs):
-    from care.onnx_scoring import load_package, score_sessions
-    from care.scoring import score_sessions as torch_score
-    from care.training import load_finetuned
-    from care.validation import load_valid_sessions
+    from care.release.onnx_runtime import load_package, score_sessions
+    from care.evaluation.torch_scoring import score_sessions as torch_score
+    from care.model.training import load_finetuned
+    from care.data.validation import load_valid_sessions
 
     pkg = load_package(rel["package"])
     sessions = load_valid_sessions(inputs, pkg.instrument, ratings_required=False)
@@ -73,7 +73,7 @@ def test_shared_cache_equals_per_item_and_torch(rel, inputs):
     shared = score_sessions(pkg, sessions, batch_size=5, shared_cache=True, **kw)
     each = score_sessions(pkg, sessions, shared_cache=False, **kw)
     model, tok = load_finetuned(rel["base"], rel["adapter"])
-    builder = __import__("care.prompts", fromlist=["PromptBuilder"]).PromptBuilder(tok, pkg.instrument, MAX_LENGTH, RESERVE)
+    builder = __import__("care.model.prompts", fromlist=["PromptBuilder"]).PromptBuilder(tok, pkg.instrument, MAX_LENGTH, RESERVE)
     reference = torch_score(model, tok, builder, sessions, batch_size=16, shared_cache=False, **kw)
     for a, b, c in zip(shared, each, reference):
         assert a.session_id == b.session_id == c.session_id
@@ -122,7 +122,7 @@ def test_score_path_imports_no_torch(rel, inputs, tmp_path):
     out = tmp_path / "o.jsonl"
     code = (
         "import sys\n"
-        "from care.cli import app\n"
+        "from care_cli.main import app\n"
         f"try:\n    app({['score', '--model', str(rel['package']), str(inputs), '--out', str(out)]!r})\n"
         "except SystemExit as e:\n    assert not e.code, e.code\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'optimum') if m in sys.modules)\n"

@@ -8,11 +8,11 @@ import random
 import pytest
 import torch
 
-from care.instrument import load_instrument
-from care.prompts import PromptBuilder, item_block, render_transcript
-from care.schema import Session, Turn
-from care.scoring import ItemScore, SessionScore, parse_score, rationale_quality, readout, score_sessions
-from care.tiny import random_model, train_tokenizer
+from care.data.instrument import load_instrument
+from care.model.prompts import PromptBuilder, item_block, render_transcript
+from care.data.schema import Session, Turn
+from care.evaluation.torch_scoring import ItemScore, SessionScore, parse_score, rationale_quality, readout, score_sessions
+from care.model.tiny import random_model, train_tokenizer
 
 ZH_CHARS = "我你他她的了是在有不这个们来到时大地为上和也要就出会可以说生对年着能过工作压力睡觉焦虑沟通领导家人朋友感觉咨询师"
 EN_WORDS = "i feel work stress sleep boss talk family friend worry today better goals plan why how what the a and".split()

@@ -11,9 +11,9 @@ import pytest
 from scipy.stats import pearsonr
 
 from care.errors import UsageError
-from care.instrument import load_instrument
-from care.reader import read_jsonl
-from care.synth import generate, write_corpus
+from care.data.instrument import load_instrument
+from care.data.reader import read_jsonl
+from care.data.synth import generate, write_corpus
 
 INST = load_instrument("wai-sr")
 QUOTED = {"zh": re.compile(r"“([^”]*)”"), "en": re.compile(r'"([^"]*)"')}
@@ -121,7 +121,7 @@ def test_card_has_oracle_ceiling_and_no_text(default_corpus):
     for d in INST.dimensions:
         assert stats["oracle_ceiling_r"][d] > 0.6
         assert stats["text_cue_r"][d] > 0.4
-    assert card["generator"] == "care.synth" and card["version"]
+    assert card["generator"] == "care.data.synth" and card["version"]
     assert card["arguments"] == {"n_sessions": 400, "n_clients": 80, "language": "zh", "seed": 0,
                                  "mean_utterances": 24}
     assert "latent_mean" in card["generative_model"]["params"]
@@ -200,7 +200,7 @@ def test_bad_arguments_are_usage_errors(kwargs):
 def test_cli_synth(tmp_path):
     from typer.testing import CliRunner
 
-    from care.cli import app
+    from care_cli.main import app
 
     result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "c"), "--sessions", "25", "--seed", "2"])
     assert result.exit_code == 0, result.output
@@ -211,7 +211,7 @@ def test_cli_synth(tmp_path):
 
 
 def test_phrase_banks_are_consistent():
-    from care.synth import phrases_en, phrases_zh
+    from care.data.synth import phrases_en, phrases_zh
 
     for bank in (phrases_zh, phrases_en):
         for question, answer in bank.PAIRED.items():

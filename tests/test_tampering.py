@@ -73,7 +73,7 @@ def _write_manifest_as_is(root: Path, manifest) -> None:
 
 def _remanifest(root: Path, **metadata) -> None:
     """Rewrite manifest.json consistently with whatever files are there now (the tool's own writer)."""
-    from care.manifest import write_manifest
+    from care.release.manifest import write_manifest
 
     meta = {k: v for k, v in _manifest(root).items() if k != "files"}
     write_manifest(root, {**meta, **metadata})
@@ -165,7 +165,7 @@ def _lie(pkg: Path, tmp_path: Path, how: str) -> str:
     """Damage `pkg` and make its manifest lie about it; return what the refusal must name."""
     m = _manifest(pkg)
     files = m["files"]
-    from care.manifest import sha256_file
+    from care.release.manifest import sha256_file
 
     def rehash(rel: str, size: bool = True) -> None:
         files[rel]["sha256"] = sha256_file(pkg / rel)
@@ -245,7 +245,7 @@ def test_a_lying_manifest_is_refused(run_cli, pkg, inputs, tmp_path, how):
 
 def _register_variant(rel, tmp_path: Path, tag: str, extra_files: dict[str, bytes] | None = None) -> int:
     """Register a copy of the tiny package whose manifest is unique to `tag` (so its stored folder is its own)."""
-    from pipelines.registry import register_package
+    from zenml_registry.client import register_package
 
     src = tmp_path / f"src-{tag}"
     shutil.copytree(rel["package"], src)
@@ -288,7 +288,7 @@ def test_pull_refuses_a_tampered_store(zenml_store, rel, run_cli, tmp_path, dama
     else:  # a metadata lie (gate verdict) with every file hash still right
         _remanifest(stored, gate={"passed": True, "note": "rewritten"})
         need = "does not match the registered sha256"
-    from care.manifest import verify_package
+    from care.release.manifest import verify_package
 
     if damage.startswith("consistent"):
         verify_package(stored)  # the stored package is self-consistent: the manifest alone cannot tell
@@ -357,7 +357,7 @@ def payload(tmp_path):
 def _only_hashed(opened) -> None:
     """Every open of a payload file came from the manifest check's sha256."""
     for path, frames in opened:
-        assert "care.manifest.sha256_file" in frames, (path, frames[:6])
+        assert "care.release.manifest.sha256_file" in frames, (path, frames[:6])
 
 
 def test_unlisted_pickles_are_refused_and_never_run(run_cli, pkg, inputs, tmp_path, payload, audit):
@@ -410,11 +410,11 @@ def test_the_registry_never_unpickles(zenml_store, rel, run_cli, inputs, tmp_pat
 
 def test_model_loaders_read_safetensors_only(rel, tmp_path, payload, audit):
     """Base model, adapter, full fine-tune, merge and export refuse pickle-only weights before reading them."""
-    from care.base_models import load_base
+    from care.model.presets import load_base
     from care.errors import CareError
     from care.release.export import export_onnx
     from care.release.merge import merge_adapter
-    from care.training import load_finetuned
+    from care.model.training import load_finetuned
 
     data, sentinel = payload
 
@@ -451,7 +451,7 @@ def test_model_loaders_read_safetensors_only(rel, tmp_path, payload, audit):
 def test_a_model_directory_s_custom_code_is_never_imported(rel, tmp_path):
     """`auto_map` in config.json / tokenizer_config.json names code in the directory: it is never run
     (transformers' trust_remote_code stays off; care/ never sets it)."""
-    from care.base_models import load_base
+    from care.model.presets import load_base
 
     sentinel = tmp_path / "SENTINEL-remote-code"
     d = tmp_path / "remote"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from care.baselines import client_items, train_mean_predictions
-from care.instrument import load_instrument
-from care.metrics import evaluate
-from care.synth import generate
-from care.text_baseline import session_views, tfidf_predictions
+from care.evaluation.baselines import client_items, train_mean_predictions
+from care.data.instrument import load_instrument
+from care.evaluation.metrics import evaluate
+from care.data.synth import generate
+from care.evaluation.text_baseline import session_views, tfidf_predictions
 
 INSTRUMENT = load_instrument("wai-sr")
 

@@ -9,10 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from care.errors import CareError  # noqa: E402
-from care.instrument import load_instrument  # noqa: E402
+from care.data.instrument import load_instrument  # noqa: E402
 from care.params import Params  # noqa: E402
-from care.prompts import IGNORE_INDEX, PromptBuilder, build_examples  # noqa: E402
-from care.schema import Session, Turn  # noqa: E402
+from care.model.prompts import IGNORE_INDEX, PromptBuilder, build_examples  # noqa: E402
+from care.data.schema import Session, Turn  # noqa: E402
 
 WORDS = ["I feel", "stuck", "at work", "my counselor", "listened", "we agreed", "on goals", "it helped",
          "not sure", "tired", "the plan", "next week", "thank you", "that makes sense", "maybe"]
@@ -49,8 +49,8 @@ def _params(tmp_path, **train) -> Params:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A small tokenizer + random Llama saved as a base directory, and examples built for it."""
-    from care.prompts import TEXTS, item_block
-    from care.tiny import random_model, train_tokenizer
+    from care.model.prompts import TEXTS, item_block
+    from care.model.tiny import random_model, train_tokenizer
 
     inst = load_instrument("wai-sr")
     texts = [" ".join(WORDS)] * 20 + list(TEXTS["en"]["speakers"].values())
@@ -72,8 +72,8 @@ def _adapter_tensors(path):
 
 
 def test_loss_is_target_only(base):
-    from care.base_models import load_base
-    from care.training import collate, target_loss
+    from care.model.presets import load_base
+    from care.model.training import collate, target_loss
 
     path, tok, examples = base
     model, _ = load_base(path, None, "cpu")
@@ -102,8 +102,8 @@ def test_loss_is_target_only(base):
 
 
 def test_shared_prefix_loss_matches_separate_examples(base):
-    from care.base_models import load_base
-    from care.training import collate, shared_prefix_length, shared_prefix_loss, target_loss
+    from care.model.presets import load_base
+    from care.model.training import collate, shared_prefix_length, shared_prefix_loss, target_loss
 
     path, tok, examples = base
     model, _ = load_base(path, None, "cpu")
@@ -119,10 +119,10 @@ def test_shared_prefix_loss_matches_separate_examples(base):
 
 
 def test_finetune_deterministic_and_reloads(base, tmp_path):
-    from care.training import STATS_FILE, load_finetuned
+    from care.model.training import STATS_FILE, load_finetuned
 
     path, tok, examples = base
-    from care.training import finetune
+    from care.model.training import finetune
 
     p = _params(tmp_path)
     s1 = finetune(path, examples, p, tmp_path / "a1")
@@ -148,7 +148,7 @@ def test_finetune_deterministic_and_reloads(base, tmp_path):
         l1, l2 = m1(input_ids=ids).logits, m2(input_ids=ids).logits
     assert torch.equal(l1, l2)
     # and the adapter changed the model: differs from the bare base
-    from care.base_models import load_base
+    from care.model.presets import load_base
 
     b, _ = load_base(path, None, "cpu")
     with torch.no_grad():
@@ -157,7 +157,7 @@ def test_finetune_deterministic_and_reloads(base, tmp_path):
 
 
 def test_training_lowers_loss(base, tmp_path):
-    from care.training import finetune
+    from care.model.training import finetune
 
     path, tok, examples = base
     p = _params(tmp_path, max_steps=12, lr=2e-2)
@@ -169,7 +169,7 @@ def test_training_lowers_loss(base, tmp_path):
 def test_full_finetune(base, tmp_path):
     from safetensors.torch import load_file
 
-    from care.training import finetune, load_finetuned
+    from care.model.training import finetune, load_finetuned
 
     path, tok, examples = base
     p = _params(tmp_path, max_steps=2, share_prefix=False)
@@ -186,7 +186,7 @@ def test_full_finetune(base, tmp_path):
 
 
 def test_unknown_packing_is_refused(base, tmp_path):
-    from care.training import train_packing
+    from care.model.training import train_packing
 
     p = _params(tmp_path)
     p.train.__dict__["packing"] = "token"  # past the schema, as a stale params object would be
@@ -195,7 +195,7 @@ def test_unknown_packing_is_refused(base, tmp_path):
 
 
 def test_batch_plan_deterministic():
-    from care.training import batch_plan
+    from care.model.training import batch_plan
 
     lengths = [random.Random(3).randint(5, 50) for _ in range(37)]
     a = batch_plan(lengths, 4, seed=1, epochs=2)
@@ -206,7 +206,7 @@ def test_batch_plan_deterministic():
 
 
 def test_pad_token_never_eos():
-    from care.base_models import ensure_pad_token
+    from care.model.presets import ensure_pad_token
 
     class Tok:
         def __init__(self):
@@ -222,8 +222,8 @@ def test_pad_token_never_eos():
 
 
 def test_prepare_base_tiny_and_presets(tmp_path):
-    pytest.importorskip("care.synth")
-    from care.base_models import BASE_CARD, PRESETS, load_base, prepare_base
+    pytest.importorskip("care.data.synth")
+    from care.model.presets import BASE_CARD, PRESETS, load_base, prepare_base
 
     p = Params()
     t = p.model.tiny

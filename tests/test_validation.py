@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from care.errors import InvalidData
-from care.instrument import instrument_path, load_instrument
-from care.validation import ValidationResult, load_valid_sessions, validate_file, validate_sessions
+from care.data.instrument import instrument_path, load_instrument
+from care.data.validation import ValidationResult, load_valid_sessions, validate_file, validate_sessions
 from conftest import DROP, WAI_ITEMS, corpus_rows, session_dict
 
 RATINGS = {i: 4 for i in WAI_ITEMS}
@@ -230,7 +230,7 @@ def test_console_script_errors_without_traceback(tmp_path):
     for path in (tmp_path / "absent.jsonl", tmp_path / "empty.jsonl"):
         if path.name == "empty.jsonl":
             path.write_text("\n")
-        proc = subprocess.run([sys.executable, "-m", "care.cli", "validate", str(path)],
+        proc = subprocess.run([sys.executable, "-m", "care_cli.main", "validate", str(path)],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1
         assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: ")
@@ -251,7 +251,7 @@ def test_ratings_not_required_for_new_transcripts(tmp_path, write_jsonl):
 
 
 def test_validate_sessions_returns_rule_problems_only(tmp_path, write_jsonl):
-    from care.reader import read_jsonl
+    from care.data.reader import read_jsonl
 
     path = write_jsonl(tmp_path, ["{oops", session_dict(language="fr")])
     parsed = read_jsonl(path)
@@ -313,7 +313,7 @@ def test_instrument_argument_forms(tmp_path, write_jsonl):
 
 def test_ge_never_sees_text(tmp_path, write_jsonl, monkeypatch):
     """The flattened tables hold lengths, never transcript or rationale text."""
-    import care.validation as v
+    import care.data.validation as v
 
     rows = [session_dict(turns=[{"speaker": "counselor", "text": "ZZSEEN1"}, {"speaker": "client", "text": "ZZSEEN2"}],
                          rationales={i: "ZZSEEN3" for i in WAI_ITEMS}, context="ZZSEEN4")]

@@ -10,9 +10,9 @@ from pathlib import Path
 import yaml
 
 from care.errors import CareError
-from care.instrument import instrument_path, load_instrument
+from care.data.instrument import instrument_path, load_instrument
 from care.params import Params
-from care.workspace import cache_root, digest
+from care.run.workspace import cache_root, digest
 
 PROMPT_VERSION = "1"
 
@@ -41,8 +41,8 @@ def build_release(params: Params, fit_dir: str, cv: dict, gate: dict, data_summa
 
     Refuses when the gate did not pass. Returns the package directory (params.release.out).
     """
-    from care.crossval import load_data, _builder
-    from care.base_models import load_tokenizer
+    from care.run.crossval import load_data, _builder
+    from care.model.presets import load_tokenizer
     from care.release import build_package, check_parity, export_onnx, merge_adapter
 
     if not gate.get("passed"):

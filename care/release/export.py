@@ -17,8 +17,8 @@ from typing import Any
 
 from care.errors import CareError
 from care.fsutil import atomic_dir
-from care.instrument import Instrument
-from care.schema import Session
+from care.data.instrument import Instrument
+from care.data.schema import Session
 
 MODEL_FILE = "model.onnx"
 
@@ -108,8 +108,8 @@ def check_parity(merged_dir: str | Path, onnx_dir: str | Path, sessions: list[Se
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from care.onnx_scoring import answer_logits, open_model_dir
-    from care.prompts import PromptBuilder
+    from care.release.onnx_runtime import answer_logits, open_model_dir
+    from care.model.prompts import PromptBuilder
 
     if not sessions:
         raise CareError("parity check needs at least one session")

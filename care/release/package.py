@@ -10,7 +10,7 @@ Layout (every file listed with size and sha256 in `manifest.json`, written last)
     manifest.json                  metadata (data version, commit, params digest, metrics, gate, scoring config)
 
 The package is built in a temporary sibling directory and renamed into place (care.fsutil.atomic_dir).
-`care score --model DIR` (care.onnx_scoring.load_package) refuses a package that does not match its manifest.
+`care score --model DIR` (care.release.onnx_runtime.load_package) refuses a package that does not match its manifest.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from care.errors import CareError
 from care.fsutil import atomic_dir
-from care.manifest import write_manifest
+from care.release.manifest import write_manifest
 
 FORMAT = "care-release/1"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -119,7 +119,7 @@ def build_package(out_dir: str | Path, onnx_dir: str | Path, tokenizer_dir: str 
         raise CareError(f"{onnx_dir}: no model.onnx")
     if not (tokenizer_dir / "tokenizer.json").is_file():
         raise CareError(f"{tokenizer_dir}: no tokenizer.json (a fast tokenizer is required)")
-    from care.instrument import load_instrument
+    from care.data.instrument import load_instrument
 
     instrument = load_instrument(instrument_path)
     with atomic_dir(out_dir) as tmp:

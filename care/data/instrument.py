@@ -1,0 +1,138 @@
+"""Instruments (questionnaires) as YAML: items with a dimension and texts per language, and a scale."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from care.errors import CareError, label
+
+BUILTIN = {"wai-sr": "wai-sr.yaml", "esconv-seeker": "esconv-seeker.yaml"}
+DEFAULT_INSTRUMENT = "wai-sr"
+
+
+class Scale(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    min: int
+    max: int
+    labels: dict[int, dict[str, str]]
+
+    @model_validator(mode="after")
+    def _labels_cover_scale(self) -> "Scale":
+        if self.min >= self.max or self.max - self.min > 9:
+            raise ValueError("scale must span 2 to 10 points (each score is one digit)")
+        if self.min < 0 or self.max > 9:
+            raise ValueError("scale points must be single digits 0-9")
+        if sorted(self.labels) != list(self.points):
+            raise ValueError(f"scale labels must cover exactly {self.min}..{self.max}")
+        return self
+
+    @property
+    def points(self) -> list[int]:
+        return list(range(self.min, self.max + 1))
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str
+    dimension: str
+    text: dict[str, str]
+
+
+class Instrument(BaseModel):
+    """A questionnaire: the items the client rated and the scale they used."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    description: str = ""
+    languages: list[str] = Field(min_length=1)
+    scale: Scale
+    dimensions: list[str]
+    items: list[Item] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Instrument":
+        ids = [i.id for i in self.items]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate item ids: {', '.join(dupes)}")
+        for item in self.items:
+            if item.dimension not in self.dimensions:
+                raise ValueError(f"item {item.id}: dimension {item.dimension!r} is not in dimensions")
+            missing = [lang for lang in self.languages if not item.text.get(lang, "").strip()]
+            if missing:
+                raise ValueError(f"item {item.id}: no text for language(s) {', '.join(missing)}")
+        for dim in self.dimensions:
+            if not any(i.dimension == dim for i in self.items):
+                raise ValueError(f"dimension {dim!r} has no items")
+        for point, labels in self.scale.labels.items():
+            missing = [lang for lang in self.languages if not labels.get(lang, "").strip()]
+            if missing:
+                raise ValueError(f"scale label {point}: no text for language(s) {', '.join(missing)}")
+        return self
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [i.id for i in self.items]
+
+    @cached_property
+    def items_by_dimension(self) -> dict[str, list[str]]:
+        return {d: [i.id for i in self.items if i.dimension == d] for d in self.dimensions}
+
+    def item(self, item_id: str) -> Item:
+        for i in self.items:
+            if i.id == item_id:
+                return i
+        raise KeyError(item_id)
+
+    def dimension_scores(self, ratings: dict[str, float]) -> dict[str, float]:
+        """Each dimension's score: the mean of its items' ratings."""
+        return {d: sum(ratings[i] for i in ids) / len(ids) for d, ids in self.items_by_dimension.items()}
+
+
+def load_instrument(ref: str | Path | None = None) -> Instrument:
+    """Load an instrument by built-in name (e.g. ``wai-sr``) or from a YAML file path."""
+    ref = ref or DEFAULT_INSTRUMENT
+    if str(ref) in BUILTIN:
+        text = resources.files("care.data.instruments").joinpath(BUILTIN[str(ref)]).read_text("utf-8")
+        source = f"<builtin {ref}>"
+    else:
+        path = Path(ref)
+        if not path.is_file():
+            raise CareError(f"{path}: instrument file not found (built-in names: {', '.join(BUILTIN)})")
+        try:
+            text = path.read_text("utf-8")
+        except UnicodeDecodeError:
+            raise CareError(f"{path}: instrument file is not UTF-8") from None
+        source = str(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise CareError(f"{source}{where}: instrument is not valid YAML") from None
+    except RecursionError:
+        raise CareError(f"{source}: instrument YAML is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise CareError(f"{source}: instrument must be a YAML mapping")
+    try:
+        return Instrument.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        loc = label(".".join(str(p) for p in first["loc"]) or "<root>", 120)
+        raise CareError(f"{source}: instrument field={loc}: {label(first['msg'], 300)} "
+                        f"({exc.error_count()} problem(s))") from None
+    except RecursionError:
+        raise CareError(f"{source}: instrument YAML is nested too deeply") from None
+
+
+def instrument_path(ref: str | Path | None = None) -> Path | None:
+    """The file behind an instrument reference, for copying into a release package."""
+    ref = ref or DEFAULT_INSTRUMENT
+    if str(ref) in BUILTIN:
+        return Path(str(resources.files("care.data.instruments").joinpath(BUILTIN[str(ref)])))
+    return Path(ref)

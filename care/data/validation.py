@@ -1,0 +1,375 @@
+"""Validate an annotation file with a Great Expectations suite.
+
+The content rules live here, once, as Great Expectations expectations over four flat tables built from
+the parsed sessions (structure and types are the reader's job, `care.data.reader`):
+
+- sessions:   one row per session: ids, language, turn counts, whether client ratings are present;
+- turns:      one row per turn: speaker and the LENGTH of the stripped text (never the text);
+- ratings:    one row per (session, client/counselor, item) over the union of the given keys and the
+              instrument's items, the rating null where an item was not rated;
+- rationales: the same for rationales, with the LENGTH of the stripped rationale (never the text).
+
+Great Expectations therefore never sees transcript or rationale text. Its results are read only for the
+failing rows' `row` index, which this module maps back to file line, session id and field; row values in
+its results are never copied anywhere.
+
+Great Expectations takes seconds to import: it is imported lazily, on the first validation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from care.errors import CareError, InvalidData, Problem, label, sort_problems
+from care.data.instrument import Instrument, load_instrument
+from care.data.reader import ParsedFile, read_jsonl
+from care.data.schema import Session
+
+SPEAKERS = ("counselor", "client")
+RATING_KINDS = ("client_ratings", "counselor_ratings")
+_ID_CLIP = 80
+_KEY_CLIP = 40
+_INT_CLAMP = 2**62  # ratings beyond int64 stay off the scale without overflowing the column
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Result
+
+
+@dataclass
+class ValidationResult:
+    path: Path
+    n_lines: int
+    n_sessions: int
+    problems: list[Problem]
+    sessions: list[Session] = field(default_factory=list)  # in file order; only meaningful when valid
+    lines: list[int] = field(default_factory=list)  # the 1-based line of each session
+    instrument: str = ""
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    def report(self) -> dict[str, Any]:
+        """Counts and located problems only: no transcript, rationale or rating values."""
+        by_field: dict[str, int] = {}
+        for p in self.problems:
+            key = _field_family(p.field)
+            by_field[key] = by_field.get(key, 0) + 1
+        return {
+            "file": str(self.path),
+            "instrument": self.instrument,
+            "valid": self.valid,
+            "n_lines": self.n_lines,
+            "n_sessions": self.n_sessions,
+            "n_sessions_with_problems": len({p.line for p in self.problems}),
+            "n_problems": len(self.problems),
+            "problems_by_field": dict(sorted(by_field.items())),
+            "problems": [
+                {"line": p.line, "session_id": p.session_id, "field": p.field, "message": p.message}
+                for p in self.problems
+            ],
+        }
+
+
+def _field_family(name: str) -> str:
+    """`client_ratings.7` -> `client_ratings`, `turns[3].speaker` -> `turns.speaker`."""
+    head = name.split(".", 1)[0]
+    if head.startswith("turns["):
+        return "turns" + ("." + name.split(".", 1)[1] if "." in name else "")
+    return head
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Flat tables (built in pure Python; no rule is decided here)
+
+
+def _clamp(v: int) -> int:
+    return max(-_INT_CLAMP, min(_INT_CLAMP, v))
+
+
+@dataclass
+class _Table:
+    """Columns for one DataFrame plus, per row, where it came from (line, session id, field stem)."""
+
+    name: str
+    columns: dict[str, list] = field(default_factory=dict)
+    where: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def add(self, line: int, sid: str, stem: str, **values: Any) -> None:
+        row = len(self.where)
+        self.where.append((line, sid, stem))
+        if not self.columns:
+            self.columns = {"row": [], **{k: [] for k in values}}
+        self.columns["row"].append(row)
+        for k, v in values.items():
+            self.columns[k].append(v)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+
+def _flatten(parsed: ParsedFile, instrument: Instrument) -> dict[str, _Table]:
+    items = instrument.item_ids
+    sessions = _Table("sessions")
+    turns = _Table("turns")
+    ratings = _Table("ratings")
+    rationales = _Table("rationales")
+    for session, line in zip(parsed.sessions, parsed.lines):
+        sid = label(session.session_id, _ID_CLIP) if session.session_id.strip() else "?"
+        speakers = [t.speaker for t in session.turns]
+        sessions.add(
+            line, sid, "",
+            session_id=session.session_id,
+            client_id=session.client_id,
+            language=session.language,
+            n_turns=len(session.turns),
+            n_counselor_turns=speakers.count("counselor"),
+            n_client_turns=speakers.count("client"),
+            n_client_ratings=None if session.client_ratings is None else len(session.client_ratings),
+        )
+        for i, turn in enumerate(session.turns):
+            turns.add(line, sid, f"turns[{i}]", speaker=turn.speaker, text_len=len(turn.text.strip()))
+        for kind in RATING_KINDS:
+            given = getattr(session, kind)
+            if given is None:
+                continue
+            for key in [*given, *(i for i in items if i not in given)]:
+                value = given.get(key)
+                ratings.add(line, sid, f"{kind}.{label(key, _KEY_CLIP)}", kind=kind, item=key,
+                            rating=None if value is None else _clamp(value))
+        if session.rationales is not None:
+            given = session.rationales
+            for key in [*given, *(i for i in items if i not in given)]:
+                text = given.get(key)
+                rationales.add(line, sid, f"rationales.{label(key, _KEY_CLIP)}", item=key,
+                               text_len=None if text is None else len(text.strip()))
+    return {t.name: t for t in (sessions, turns, ratings, rationales)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The suite
+
+
+@dataclass
+class _Rule:
+    table: str
+    expectation: Any  # a great_expectations Expectation
+    field: Callable[[str], str]  # row's field stem -> problem field
+    message: str
+
+
+def _rules(instrument: Instrument, ratings_required: bool) -> list[_Rule]:
+    import great_expectations.expectations as gxe
+
+    lo, hi = instrument.scale.min, instrument.scale.max
+    items = instrument.item_ids
+    langs = ", ".join(instrument.languages)
+    const = lambda name: (lambda _stem: name)  # noqa: E731
+    stem = lambda stem: stem  # noqa: E731
+    from great_expectations.expectations.row_conditions import Column
+
+    nonempty_turns = {"row_condition": Column("n_turns") > 0}
+    rules = [
+        _Rule("sessions", gxe.ExpectColumnValuesToBeUnique(column="session_id"),
+              const("session_id"), "duplicate session id"),
+        _Rule("sessions", gxe.ExpectColumnValuesToMatchRegex(column="session_id", regex=r"\S"),
+              const("session_id"), "empty session id"),
+        _Rule("sessions", gxe.ExpectColumnValuesToNotBeNull(column="client_id"),
+              const("client_id"), "missing client id"),
+        _Rule("sessions", gxe.ExpectColumnValuesToMatchRegex(column="client_id", regex=r"\S"),
+              const("client_id"), "empty client id"),
+        _Rule("sessions", gxe.ExpectColumnValuesToBeInSet(column="language", value_set=list(instrument.languages)),
+              const("language"), f"unknown language (the instrument has: {langs})"),
+        _Rule("sessions", gxe.ExpectColumnValuesToBeBetween(column="n_turns", min_value=1),
+              const("turns"), "no turns"),
+        _Rule("sessions", gxe.ExpectColumnValuesToBeBetween(column="n_counselor_turns", min_value=1, **nonempty_turns),
+              const("turns"), "no counselor turn"),
+        _Rule("sessions", gxe.ExpectColumnValuesToBeBetween(column="n_client_turns", min_value=1, **nonempty_turns),
+              const("turns"), "no client turn"),
+        _Rule("turns", gxe.ExpectColumnValuesToBeInSet(column="speaker", value_set=list(SPEAKERS)),
+              lambda s: f"{s}.speaker", f"speaker must be one of: {', '.join(SPEAKERS)}"),
+        _Rule("turns", gxe.ExpectColumnValuesToBeBetween(column="text_len", min_value=1),
+              lambda s: f"{s}.text", "empty text"),
+        _Rule("ratings", gxe.ExpectColumnValuesToBeInSet(column="item", value_set=items),
+              stem, "not an item of the instrument"),
+        _Rule("ratings", gxe.ExpectColumnValuesToNotBeNull(column="rating"),
+              stem, "item not rated"),
+        _Rule("ratings", gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=lo, max_value=hi),
+              stem, f"rating outside the scale {lo}-{hi}"),
+        _Rule("rationales", gxe.ExpectColumnValuesToBeInSet(column="item", value_set=items),
+              stem, "not an item of the instrument"),
+        _Rule("rationales", gxe.ExpectColumnValuesToNotBeNull(column="text_len"),
+              stem, "no rationale for this item"),
+        _Rule("rationales", gxe.ExpectColumnValuesToBeBetween(column="text_len", min_value=1),
+              stem, "empty rationale"),
+    ]
+    if ratings_required:
+        rules.append(_Rule("sessions", gxe.ExpectColumnValuesToNotBeNull(column="n_client_ratings"),
+                           const("client_ratings"), "missing client ratings"))
+    return rules
+
+
+_GX: dict[str, Any] = {}
+
+
+def _batch_definition(table: str):
+    """The ephemeral context's whole-dataframe batch definition for `table` (created once per process)."""
+    if "context" not in _GX:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        _GX["context"] = context
+        _GX["source"] = context.data_sources.add_pandas("care_annotations")
+        _GX["defs"] = {}
+    defs = _GX["defs"]
+    if table not in defs:
+        defs[table] = _GX["source"].add_dataframe_asset(table).add_batch_definition_whole_dataframe(table)
+    return defs[table]
+
+
+_NULLABLE_INT = ("rating", "text_len", "n_client_ratings")  # Int64: null means absent
+_STRINGS = ("session_id", "client_id", "language", "speaker", "item", "kind")  # object: None stays None
+
+
+def _frame(table: _Table):
+    import pandas as pd
+
+    columns = {}
+    for name, values in table.columns.items():
+        if name in _STRINGS:
+            columns[name] = pd.Series(values, dtype=object)
+        elif name in _NULLABLE_INT:
+            columns[name] = pd.array(values, dtype="Int64")
+        else:
+            columns[name] = values
+    return pd.DataFrame(columns)
+
+
+def _raised(exception_info: Any) -> bool:
+    if not isinstance(exception_info, dict):
+        return False
+    if "raised_exception" in exception_info:
+        return bool(exception_info["raised_exception"])
+    return any(_raised(v) for v in exception_info.values())
+
+
+def validate_sessions(parsed: ParsedFile, instrument: Instrument, ratings_required: bool = True) -> list[Problem]:
+    """Run the suite over the sessions that parsed; return the rule problems, sorted.
+
+    Only the content rules: the reader's structural problems stay in `parsed.problems` (validate_file
+    merges both). With `ratings_required=False` (scoring new transcripts) client ratings may be absent,
+    but when present they must still cover every item on the scale.
+    """
+    import great_expectations as gx
+
+    _batch_definition("sessions")  # creates the ephemeral context before any suite exists
+    tables = _flatten(parsed, instrument)
+    rules = _rules(instrument, ratings_required)
+    file = str(parsed.path)
+    problems: list[Problem] = []
+    for name, table in tables.items():
+        table_rules = [r for r in rules if r.table == name]
+        if not len(table) or not table_rules:
+            continue
+        suite = gx.ExpectationSuite(name=f"care_{name}")
+        for i, rule in enumerate(table_rules):
+            rule.expectation.meta = {"care_rule": i}
+            suite.add_expectation(rule.expectation)
+        batch = _batch_definition(name).get_batch(batch_parameters={"dataframe": _frame(table)})
+        result = batch.validate(suite, result_format={
+            "result_format": "COMPLETE",
+            "unexpected_index_column_names": ["row"],
+            "return_unexpected_index_query": False,
+            "partial_unexpected_count": 0,
+        })
+        for res in result.results:
+            rule = table_rules[res.expectation_config.meta["care_rule"]]
+            if _raised(res.exception_info):
+                raise RuntimeError(f"validation rule {res.expectation_config.type} on {name} failed to run")
+            if res.success:
+                continue
+            rows = [int(entry["row"]) for entry in (res.result.get("unexpected_index_list") or [])]
+            if not rows:
+                raise RuntimeError(f"validation rule {res.expectation_config.type} on {name} failed without rows")
+            message = rule.message
+            if rule.message == "duplicate session id":
+                by_id: dict[str, list[int]] = {}
+                for row in rows:
+                    by_id.setdefault(table.columns["session_id"][row], []).append(table.where[row][0])
+            for row in rows:
+                line, sid, stem = table.where[row]
+                if rule.message == "duplicate session id":
+                    group = by_id[table.columns["session_id"][row]]
+                    others = list(itertools.islice((n for n in group if n != line), 3))
+                    more = len(group) - 1 - len(others)
+                    shown = ", ".join(map(str, others)) + (f" and {more} more" if more > 0 else "")
+                    message = f"duplicate session id (also on line {shown})"
+                problems.append(Problem(line, sid, rule.field(stem), message, file))
+    return sort_problems(problems)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files
+
+
+def _instrument(ref: str | Path | Instrument | None) -> Instrument:
+    return ref if isinstance(ref, Instrument) else load_instrument(ref)
+
+
+def validate_file(
+    path: str | Path,
+    instrument: str | Path | Instrument | None = None,
+    report_path: str | Path | None = None,
+    ratings_required: bool = True,
+) -> ValidationResult:
+    """Read and validate `path`: every structural and rule problem, sorted by line.
+
+    Raises CareError (one line) for file-level problems: missing, not UTF-8, empty. Writes the JSON
+    report (counts and problems only) atomically to `report_path` when given, also (with an "error"
+    entry) before raising a file-level error.
+    """
+    inst = _instrument(instrument)
+    try:
+        parsed = read_jsonl(path)
+    except CareError as exc:
+        if report_path is not None:  # never leave a stale report from an earlier run behind
+            from care.fsutil import atomic_write_json
+
+            atomic_write_json(report_path, {"file": str(path), "instrument": inst.name, "valid": False,
+                                            "error": str(exc), "n_problems": 1, "problems": []})
+        raise
+    problems = sort_problems(parsed.problems + validate_sessions(parsed, inst, ratings_required))
+    result = ValidationResult(
+        path=parsed.path,
+        n_lines=parsed.n_lines,
+        n_sessions=len(parsed.sessions),
+        problems=problems,
+        sessions=parsed.sessions,
+        lines=parsed.lines,
+        instrument=inst.name,
+    )
+    if report_path is not None:
+        from care.fsutil import atomic_write_json
+
+        atomic_write_json(report_path, result.report())
+    return result
+
+
+def load_valid_sessions(
+    path: str | Path,
+    instrument: str | Path | Instrument | None = None,
+    ratings_required: bool = True,
+) -> list[Session]:
+    """The sessions of `path`, in file order; raises InvalidData listing every problem otherwise."""
+    result = validate_file(path, instrument=instrument, ratings_required=ratings_required)
+    if result.problems:
+        raise InvalidData(result.problems)
+    return result.sessions

@@ -1,0 +1,224 @@
+"""Prompts and training targets: one example per (session, item), in the base model's chat template.
+
+A prompt is split into a transcript prefix (shared by every item of a session) and an item suffix, and
+the two are tokenized separately and concatenated, so that training, per-item scoring and scoring with a
+shared transcript cache all see exactly the same token ids. The prompt ends where the score digit is the
+next token; the target is the digit, then (rationale targets) a newline and the rationale, then EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from care.errors import CareError
+from care.data.instrument import Instrument
+from care.data.schema import Session
+
+IGNORE_INDEX = -100
+
+TEXTS = {
+    "zh": {
+        "system": "你是一名心理咨询的来访者，刚刚结束一次咨询会谈。",
+        "instruction": "下面是这次会谈的完整记录。请站在来访者的角度，根据你在会谈中的真实感受回答问卷题目。",
+        "context": "来访者会谈前的自述：",
+        "speakers": {"counselor": "咨询师", "client": "来访者"},
+        "colon": "：",
+        "item": "题目：{text}\n选项：{options}\n请先只写出你选择的分数（一个数字），再换行说明理由，并引用对话。",
+        "option": "{point}={label}",
+        "sep": "，",
+    },
+    "en": {
+        "system": "You are the client of a counseling session that has just ended.",
+        "instruction": "Below is the full transcript of the session. Answer the questionnaire item as the client, "
+        "from how you really experienced the session.",
+        "context": "The client's own description before the session: ",
+        "speakers": {"counselor": "Counselor", "client": "Client"},
+        "colon": ": ",
+        "item": "Statement: {text}\nOptions: {options}\nFirst write only your score (one digit), then on a new "
+        "line explain why, quoting the dialogue.",
+        "option": "{point} = {label}",
+        "sep": ", ",
+    },
+}
+
+
+def texts_for(language: str) -> dict[str, Any]:
+    if language not in TEXTS:
+        raise CareError(f"no prompt texts for language {language!r} (known: {', '.join(TEXTS)})")
+    return TEXTS[language]
+
+
+def render_transcript(session: Session, first_turn: int = 0, clip_chars: int = 0) -> str:
+    """The dialogue as 'Speaker: text' lines, from `first_turn` on; `clip_chars` cuts the start of that turn."""
+    t = texts_for(session.language)
+    lines = []
+    if session.context and first_turn == 0:
+        lines.append(t["context"] + session.context)
+    for i, turn in enumerate(session.turns[first_turn:]):
+        text = turn.text[clip_chars:] if i == 0 else turn.text
+        lines.append(t["speakers"].get(turn.speaker, turn.speaker) + t["colon"] + text)
+    return "\n".join(lines)
+
+
+def item_block(instrument: Instrument, item_id: str, language: str) -> str:
+    t = texts_for(language)
+    options = t["sep"].join(
+        t["option"].format(point=p, label=instrument.scale.labels[p][language]) for p in instrument.scale.points
+    )
+    return t["item"].format(text=instrument.item(item_id).text[language], options=options)
+
+
+def _render(tokenizer, language: str, transcript: str, block: str) -> tuple[str, str]:
+    """The chat-templated prompt, split where the item block starts: (prefix, suffix)."""
+    t = texts_for(language)
+    user = f"{t['instruction']}\n\n{transcript}\n\n"
+    messages = [{"role": "system", "content": t["system"]}, {"role": "user", "content": user + block}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    cut = rendered.rfind(block)
+    if cut < 0:
+        raise CareError("the chat template changed the item text; cannot split the prompt")
+    return rendered[:cut], rendered[cut:]
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def scale_token_ids(tokenizer, instrument: Instrument) -> list[int]:
+    """Token id of each scale point's digit, in scale order; each must be exactly one token."""
+    out = []
+    for point in instrument.scale.points:
+        ids = _ids(tokenizer, str(point))
+        if len(ids) != 1 or _ids(tokenizer, f"{point}\nx")[0] != ids[0]:
+            raise CareError(f"tokenizer does not encode the score {point} as one token followed by a newline")
+        out.append(ids[0])
+    return out
+
+
+@dataclass
+class EncodedSession:
+    """Token ids of one session's shared transcript prefix and of each item's suffix."""
+
+    session_id: str
+    prefix: list[int]
+    items: dict[str, list[int]]
+    truncated: bool = False
+
+
+class PromptBuilder:
+    """Encodes sessions for one tokenizer and instrument, within a context of `max_length` tokens.
+
+    `reserve` tokens are kept free after the longest item suffix for the target (score + rationale).
+    """
+
+    def __init__(self, tokenizer, instrument: Instrument, max_length: int, reserve: int):
+        self.tokenizer = tokenizer
+        self.instrument = instrument
+        self.max_length = max_length
+        self.reserve = reserve
+        self._suffix_cache: dict[str, dict[str, list[int]]] = {}
+        self.digit_ids = scale_token_ids(tokenizer, instrument)
+        if tokenizer.eos_token_id is None:
+            raise CareError("tokenizer has no EOS token")
+
+    def suffixes(self, language: str) -> dict[str, list[int]]:
+        if language not in self._suffix_cache:
+            self._suffix_cache[language] = {
+                item: _ids(self.tokenizer, _render(self.tokenizer, language, "", item_block(self.instrument, item, language))[1])
+                for item in self.instrument.item_ids
+            }
+        return self._suffix_cache[language]
+
+    def _prefix(self, session: Session, first_turn: int, clip: int = 0) -> list[int]:
+        block = item_block(self.instrument, self.instrument.item_ids[0], session.language)
+        transcript = render_transcript(session, first_turn, clip)
+        return _ids(self.tokenizer, _render(self.tokenizer, session.language, transcript, block)[0])
+
+    def encode(self, session: Session) -> EncodedSession:
+        """Encode a session; a transcript too long for the context keeps its end (whole turns first)."""
+        items = self.suffixes(session.language)
+        budget = self.max_length - max(len(s) for s in items.values()) - self.reserve
+        prefix = self._prefix(session, 0)
+        if len(prefix) <= budget:
+            return EncodedSession(session.session_id, prefix, items)
+        lo, hi = 1, len(session.turns) - 1  # smallest first turn whose tail fits
+        best = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            candidate = self._prefix(session, mid)
+            if len(candidate) <= budget:
+                best, hi = candidate, mid - 1
+            else:
+                lo = mid + 1
+        if best is None:  # even the last turn alone is too long: cut that turn from its start
+            last, text_len = len(session.turns) - 1, len(session.turns[-1].text)
+            lo, hi = 0, text_len
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if len(self._prefix(session, last, mid)) <= budget:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            best = self._prefix(session, last, lo)
+            if len(best) > budget:
+                raise CareError(f"session={session.session_id}: max_length {self.max_length} leaves no room for the transcript")
+        return EncodedSession(session.session_id, best, items, truncated=True)
+
+    def target(self, score: int, rationale: str | None) -> tuple[list[int], bool]:
+        """Target ids (digit, [newline + rationale], EOS) and whether the rationale was clipped to fit."""
+        text = f"{score}" if rationale is None else f"{score}\n{rationale.strip()}"
+        ids = _ids(self.tokenizer, text)
+        if ids[0] != self.digit_ids[self.instrument.scale.points.index(score)]:
+            raise CareError("the score digit does not start the target tokens")
+        clipped = len(ids) + 1 > self.reserve
+        ids = ids[: self.reserve - 1] + [self.tokenizer.eos_token_id]
+        return ids, clipped
+
+
+@dataclass
+class Example:
+    """One (session, item) training example: prompt tokens are masked out of the loss."""
+
+    session_id: str
+    item_id: str
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class ExampleStats:
+    sessions: int = 0
+    examples: int = 0
+    truncated_sessions: int = 0
+    score_only_fallback_sessions: int = 0  # rationale targets asked for, but the session has none
+    clipped_targets: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in self.__dict__.items() if k != "notes"}
+
+
+def build_examples(sessions: list[Session], builder: PromptBuilder, targets: str) -> tuple[list[Example], ExampleStats]:
+    """One example per (session, item); `targets` is 'rationale' or 'score_only'."""
+    if targets not in ("rationale", "score_only"):
+        raise CareError(f"unknown train.targets {targets!r}")
+    stats = ExampleStats()
+    examples = []
+    for session in sessions:
+        if session.client_ratings is None:
+            raise CareError(f"session={session.session_id} field=client_ratings: needed for training")
+        enc = builder.encode(session)
+        stats.sessions += 1
+        stats.truncated_sessions += enc.truncated
+        use_rationale = targets == "rationale" and bool(session.rationales)
+        if targets == "rationale" and not use_rationale:
+            stats.score_only_fallback_sessions += 1
+        for item_id in builder.instrument.item_ids:
+            rationale = session.rationales.get(item_id) if use_rationale else None
+            target, clipped = builder.target(session.client_ratings[item_id], rationale)
+            stats.clipped_targets += clipped
+            prompt = enc.prefix + enc.items[item_id]
+            examples.append(Example(session.session_id, item_id, prompt + target, [IGNORE_INDEX] * len(prompt) + target))
+            stats.examples += 1
+    return examples, stats

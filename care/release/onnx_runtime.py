@@ -1,0 +1,404 @@
+"""Scoring with a release package on ONNX Runtime: no torch, no transformers on this path.
+
+A package (see `care.release.package`) holds `model.onnx` (exported with past key/values, logits at the last
+position only), the tokenizer files, the instrument YAML and `manifest.json`. `load_package` verifies every
+file against the manifest BEFORE anything is loaded and refuses a mismatch.
+
+`PackageTokenizer` replicates what `care.model.prompts.PromptBuilder` needs from a Hugging Face tokenizer with the
+`tokenizers` library and jinja2 (the same sandboxed environment and globals as transformers' chat templates),
+so prompts are the same token ids as in training (tests/test_score_cli.py checks this).
+
+Scoring reads the same numbers as `care.evaluation.torch_scoring` (the PyTorch path): per session the transcript prefix runs
+once; the item suffixes run in batches over the prefix key/values repeated across the batch, left-padded so
+that every item's answer position is the last one (position ids continue the prefix; the padding is masked).
+Expected score and distribution come from the softmax over the scale-digit logits, the greedy score from the
+argmax over the whole vocabulary (a few more greedy tokens are parsed when it is not a digit), and optional
+rationales from bounded greedy decoding that reuses the batch's cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from care.errors import CareError
+from care.data.instrument import Instrument, load_instrument
+from care.model.prompts import EncodedSession, PromptBuilder
+from care.data.schema import Session
+from care.evaluation.torch_scoring import FALLBACK_TOKENS, ItemScore, SessionScore, _session_score, parse_score
+
+MODEL_FILE = "model.onnx"
+INSTRUMENT_FILE = "instrument.yaml"
+_SPECIAL_ATTRS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+# --------------------------------------------------------------------------------------------- tokenizer
+
+
+def _token_str(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _compile_template(template: str):
+    """A chat template compiled exactly as transformers does (sandbox, trim/lstrip blocks, tojson, globals)."""
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class _Generation(jinja2.ext.Extension):  # `{% generation %}` blocks render their body unchanged
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+class PackageTokenizer:
+    """The parts of a Hugging Face fast tokenizer that prompts and decoding use, from its saved files."""
+
+    def __init__(self, directory: str | Path):
+        from tokenizers import Tokenizer
+
+        d = Path(directory)
+        self._tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+        config = _read_json(d / "tokenizer_config.json")
+        smap = _read_json(d / "special_tokens_map.json")
+        self.special_tokens_map: dict[str, Any] = {}
+        for attr in _SPECIAL_ATTRS:
+            value = _token_str(config.get(attr)) or _token_str(smap.get(attr))
+            if value:
+                self.special_tokens_map[attr] = value
+        extra = config.get("additional_special_tokens") or smap.get("additional_special_tokens") or []
+        extra = [_token_str(t) for t in extra if _token_str(t)]
+        if extra:
+            self.special_tokens_map["additional_special_tokens"] = extra
+        template = (d / "chat_template.jinja").read_text("utf-8") if (d / "chat_template.jinja").is_file() else config.get("chat_template")
+        if isinstance(template, list):  # named templates: use the default one
+            template = {t["name"]: t["template"] for t in template}.get("default")
+        if not template:
+            raise CareError(f"{d}: the tokenizer has no chat template")
+        self._template = _compile_template(template)
+        self.eos_token_id = self._id(self.special_tokens_map.get("eos_token"))
+        self.pad_token_id = self._id(self.special_tokens_map.get("pad_token"))
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self._tok.token_to_id(token)
+
+    def __len__(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool = False, add_generation_prompt: bool = False,
+                            **kwargs: Any):
+        """As transformers renders it: extra kwargs (e.g. date_string) reach the template, overriding special tokens."""
+        text = self._template.render(messages=messages, tools=None, documents=None,
+                                     add_generation_prompt=add_generation_prompt, **{**self.special_tokens_map, **kwargs})
+        return self(text, add_special_tokens=False)["input_ids"] if tokenize else text
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        return {"input_ids": ids, "attention_mask": [1] * len(ids)}
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text("utf-8")) if path.is_file() else {}
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def default_threads() -> int:
+    """Intra-op threads: the cores this process may use (2 on the CPU runners), at most 16."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 16))
+
+
+class OnnxLM:
+    """An exported decoder (`text-generation-with-past`) on ONNX Runtime: one call = one forward pass."""
+
+    def __init__(self, model_path: str | Path, device: str = "cpu", threads: int | None = None):
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+        import onnxruntime as ort
+
+        if device not in ("cpu", "cuda"):
+            raise CareError(f"unknown device {device!r} (cpu or cuda)")
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise CareError("--device cuda: this onnxruntime has no CUDAExecutionProvider "
+                            f"(available: {', '.join(ort.get_available_providers())}); install the gpu extra "
+                            "(onnxruntime-gpu) with CUDA libraries, or use --device cpu")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or default_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(model_path), opts, providers=providers)
+        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise CareError("--device cuda: ONNX Runtime fell back to CPU (CUDA libraries missing or unusable); "
+                            "refusing to run on CPU silently; use --device cpu")
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.past_names = sorted((n for n in inputs if n.startswith("past_key_values.")), key=_layer_order)
+        if not self.past_names or "position_ids" not in inputs:
+            raise CareError(f"{model_path}: not a decoder exported with past key/values and position ids")
+        shape = inputs[self.past_names[0]].shape
+        self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+        self.kv_dtype = np.float16 if "float16" in inputs[self.past_names[0]].type else np.float32
+        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
+        self.device = device
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        return [np.zeros((batch, self.kv_heads, 0, self.head_dim), self.kv_dtype) for _ in self.past_names]
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list[np.ndarray]):
+        """Last-position logits (batch, vocab) in float64, and the present key/values."""
+        feed = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64),
+                "position_ids": positions.astype(np.int64), **dict(zip(self.past_names, past))}
+        out = self.session.run(["logits", *self.present_names], feed)
+        return out[0][:, -1, :].astype(np.float64), out[1:]
+
+
+def _layer_order(name: str) -> tuple[int, int]:
+    _, layer, kind = name.split(".")
+    return int(layer), 0 if kind == "key" else 1
+
+
+# ---------------------------------------------------------------------------------------------- package
+
+
+@dataclass
+class Package:
+    """A verified release package, loaded for scoring."""
+
+    root: Path
+    manifest: dict[str, Any]
+    instrument: Instrument
+    tokenizer: PackageTokenizer
+    builder: PromptBuilder
+    lm: OnnxLM
+    eos_ids: set[int]
+
+
+def load_package(root: str | Path, device: str = "cpu", threads: int | None = None) -> Package:
+    """Verify `root` against its manifest, then load tokenizer, instrument and the ONNX model."""
+    from care.release.manifest import verify_package
+
+    root = Path(root)
+    manifest = verify_package(root)  # raises on any missing, extra or changed file: nothing is loaded before
+    scoring = manifest.get("scoring") or {}
+    if "max_length" not in scoring or "reserve" not in scoring:
+        raise CareError(f"{root}: manifest has no scoring config (max_length, reserve)")
+    instrument = load_instrument(root / INSTRUMENT_FILE)
+    return open_model_dir(root, instrument, int(scoring["max_length"]), int(scoring["reserve"]), device, threads,
+                          manifest=manifest)
+
+
+def open_model_dir(root: str | Path, instrument: Instrument, max_length: int, reserve: int, device: str = "cpu",
+                   threads: int | None = None, manifest: dict[str, Any] | None = None) -> Package:
+    """Load an export directory (model.onnx + tokenizer files) WITHOUT a manifest check: for the parity check
+    before packaging. Scoring a release goes through `load_package`."""
+    root = Path(root)
+    tokenizer = PackageTokenizer(root)
+    builder = PromptBuilder(tokenizer, instrument, max_length, reserve)
+    lm = OnnxLM(root / MODEL_FILE, device=device, threads=threads)
+    eos = {tokenizer.eos_token_id}
+    gen = _read_json(root / "generation_config.json").get("eos_token_id")
+    eos |= set(gen) if isinstance(gen, list) else {gen}
+    return Package(root, manifest or {}, instrument, tokenizer, builder, lm, {e for e in eos if e is not None})
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+
+class _Reader:
+    """Turns answer-position logits into item scores, exactly as `care.evaluation.torch_scoring` does."""
+
+    def __init__(self, pkg_tokenizer, builder: PromptBuilder, eos_ids: set[int]):
+        self.tokenizer = pkg_tokenizer
+        self.digit_ids = list(builder.digit_ids)
+        self.points = builder.instrument.scale.points
+        self.eos = eos_ids
+        self.pad_id = pkg_tokenizer.pad_token_id if pkg_tokenizer.pad_token_id is not None else pkg_tokenizer.eos_token_id
+
+    def answers(self, logits: np.ndarray) -> list[dict[str, Any]]:
+        digit = logits[:, self.digit_ids]
+        dist = np.exp(digit - digit.max(-1, keepdims=True))
+        dist /= dist.sum(-1, keepdims=True)
+        top = logits.max(-1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(logits - top).sum(-1))
+        mass = np.exp(digit - lse[:, None]).sum(-1)
+        expected = dist @ np.asarray(self.points, dtype=np.float64)
+        first = logits.argmax(-1)
+        return [{"expected": float(expected[b]), "distribution": [float(x) for x in dist[b]],
+                 "digit_mass": float(mass[b]), "first": int(first[b])} for b in range(logits.shape[0])]
+
+    def steps(self, answers: list[dict[str, Any]], rationales: bool, max_new_tokens: int) -> int:
+        if rationales:
+            return max(max_new_tokens - 1, 0)
+        return FALLBACK_TOKENS if any(a["first"] not in self.digit_ids for a in answers) else 0
+
+    def item(self, item_id: str, answer: dict[str, Any], generated: list[int] | None, rationales: bool) -> ItemScore:
+        first = answer["first"]
+        if first in self.digit_ids:
+            greedy, ok = self.points[self.digit_ids.index(first)], True
+        else:
+            head = (generated or [first])[: 1 + FALLBACK_TOKENS]
+            greedy, ok = parse_score(self.tokenizer.decode(head, skip_special_tokens=True), self.points), False
+        rationale = None
+        if rationales:
+            text = self.tokenizer.decode(generated or [first], skip_special_tokens=True)
+            rationale = text.split("\n", 1)[1].strip() if "\n" in text else ""
+        return ItemScore(item_id, answer["expected"], answer["distribution"], answer["digit_mass"], greedy, ok, rationale)
+
+
+def _greedy(lm: OnnxLM, reader: _Reader, past, mask, next_pos: np.ndarray, first: list[int], steps: int) -> list[list[int]]:
+    """Continue greedy decoding from a batch's cache; `first` is each row's first token. Stops after EOS."""
+    tokens = [[t] for t in first]
+    done = np.array([t in reader.eos for t in first])
+    current = np.asarray(first, dtype=np.int64)
+    for step in range(steps):
+        if done.all():
+            break
+        mask = np.concatenate([mask, np.ones((len(first), 1), np.int64)], axis=1)
+        logits, past = lm(current[:, None], mask, (next_pos + step)[:, None], past)
+        nxt = np.where(done, reader.pad_id, logits.argmax(-1))
+        for b in range(len(first)):
+            if not done[b]:
+                tokens[b].append(int(nxt[b]))
+        done |= np.isin(nxt, list(reader.eos))
+        current = nxt
+    return tokens
+
+
+def _item_batches(lm: OnnxLM, pad_id: int, enc: EncodedSession, item_ids: list[str], batch_size: int):
+    """Yield (items, suffix lengths, answer logits, present kv, mask) per batch of item suffixes over one prefix run."""
+    n = len(enc.prefix)
+    _, prefix_kv = lm(np.asarray([enc.prefix]), np.ones((1, n)), np.arange(n)[None, :], lm.empty_past(1))
+    for start in range(0, len(item_ids), batch_size):
+        batch = item_ids[start : start + batch_size]
+        bsz, lens = len(batch), np.array([len(enc.items[i]) for i in batch])
+        width = int(lens.max())
+        ids = np.full((bsz, width), pad_id, np.int64)
+        suffix_mask = np.zeros((bsz, width), np.int64)
+        positions = np.full((bsz, width), n, np.int64)
+        for b, item in enumerate(batch):  # left padding: every answer position is the last column
+            k = lens[b]
+            ids[b, width - k :] = enc.items[item]
+            suffix_mask[b, width - k :] = 1
+            positions[b, width - k :] = n + np.arange(k)
+        mask = np.concatenate([np.ones((bsz, n), np.int64), suffix_mask], axis=1)
+        past = prefix_kv if bsz == 1 else [np.repeat(kv, bsz, axis=0) for kv in prefix_kv]
+        logits, present = lm(ids, mask, positions, past)
+        yield batch, lens, logits, present, mask
+
+
+def _score_shared(lm: OnnxLM, reader: _Reader, enc: EncodedSession, item_ids: list[str], batch_size: int,
+                  rationales: bool, max_new_tokens: int) -> dict[str, ItemScore]:
+    out: dict[str, ItemScore] = {}
+    for batch, lens, logits, past, mask in _item_batches(lm, reader.pad_id, enc, item_ids, batch_size):
+        answers = reader.answers(logits)
+        steps = reader.steps(answers, rationales, max_new_tokens)
+        generated: list[list[int] | None] = [None] * len(batch)
+        if steps:
+            generated = _greedy(lm, reader, past, mask, len(enc.prefix) + lens, [a["first"] for a in answers], steps)
+        for b, item in enumerate(batch):
+            out[item] = reader.item(item, answers[b], generated[b], rationales)
+    return out
+
+
+def _score_each(lm: OnnxLM, reader: _Reader, enc: EncodedSession, item_ids: list[str], rationales: bool,
+                max_new_tokens: int) -> dict[str, ItemScore]:
+    """The reference: each item's full prompt on its own, no shared cache."""
+    out: dict[str, ItemScore] = {}
+    for item in item_ids:
+        prompt = enc.prefix + enc.items[item]
+        k = len(prompt)
+        mask = np.ones((1, k), np.int64)
+        logits, past = lm(np.asarray([prompt]), mask, np.arange(k)[None, :], lm.empty_past(1))
+        answers = reader.answers(logits)
+        steps = reader.steps(answers, rationales, max_new_tokens)
+        generated = _greedy(lm, reader, past, mask, np.array([k]), [answers[0]["first"]], steps)[0] if steps else None
+        out[item] = reader.item(item, answers[0], generated, rationales)
+    return out
+
+
+def answer_logits(pkg: Package, session: Session, batch_size: int = 16) -> tuple[list[str], np.ndarray]:
+    """Item ids and their answer-position logits (items x vocab), through the shared-cache path (parity checks)."""
+    enc = pkg.builder.encode(session)
+    pad = _Reader(pkg.tokenizer, pkg.builder, pkg.eos_ids).pad_id
+    items, rows = [], []
+    for batch, _, logits, _, _ in _item_batches(pkg.lm, pad, enc, pkg.instrument.item_ids, batch_size):
+        items += batch
+        rows.append(logits)
+    return items, np.concatenate(rows)
+
+
+def score_sessions(pkg: Package, sessions: Iterable[Session], *, batch_size: int = 16, rationales: bool = False,
+                   max_new_tokens: int = 96, shared_cache: bool = True, progress: bool = True) -> list[SessionScore]:
+    """Score every item of every session with the package's model (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise CareError(f"batch_size must be at least 1 (got {batch_size})")
+    sessions = list(sessions)
+    reader = _Reader(pkg.tokenizer, pkg.builder, pkg.eos_ids)
+    item_ids = pkg.instrument.item_ids
+    results = []
+    for session in tqdm(sessions, desc="scoring", unit="session", disable=not progress):
+        enc = pkg.builder.encode(session)
+        if shared_cache:
+            items = _score_shared(pkg.lm, reader, enc, item_ids, batch_size, rationales, max_new_tokens)
+        else:
+            items = _score_each(pkg.lm, reader, enc, item_ids, rationales, max_new_tokens)
+        results.append(_session_score(enc, pkg.instrument, items))
+    return results
+
+
+def result_record(score: SessionScore, instrument: Instrument, rationales: bool, ndigits: int = 6) -> dict[str, Any]:
+    """One output line: session id, per-item scores, per-dimension scores; never transcript text."""
+    r = lambda x: None if x is None else round(float(x), ndigits)  # noqa: E731
+    items = {}
+    for item_id, s in score.items.items():
+        rec: dict[str, Any] = {
+            "expected": r(s.expected),
+            "distribution": {str(p): r(v) for p, v in zip(instrument.scale.points, s.distribution)},
+            "greedy": s.greedy,
+        }
+        if rationales:
+            rec["rationale"] = s.rationale
+        items[item_id] = rec
+    return {
+        "session_id": score.session_id,
+        "items": items,
+        "dimensions": {d: r(v) for d, v in score.dimensions_expected.items()},
+        "dimensions_greedy": {d: r(v) for d, v in score.dimensions_greedy.items()},
+        "truncated": score.truncated,
+    }

@@ -1,0 +1,317 @@
+"""The `care` command line: thin wrappers over the library. Heavy imports stay inside the commands."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from care.errors import CareError
+
+os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A traceback never shows local variables (they can hold transcripts); older typer versions showed them by default.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="CARE: predict how the client experienced a counseling session (working alliance), item by item.")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry: list, show, promote, pull.")
+annotations_app = typer.Typer(no_args_is_help=True, help="Add annotated sessions to the DVC-tracked data.")
+import_app = typer.Typer(no_args_is_help=True, help="Import public corpora into the annotation format.")
+app.add_typer(models_app, name="models")
+app.add_typer(annotations_app, name="annotations")
+app.add_typer(import_app, name="import")
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def handles_errors(fn: Callable) -> Callable:
+    """Turn CareError into its message on stderr and its exit code (1 bad input, 2 usage)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from care.fsutil import private_umask
+
+        private_umask()
+        try:
+            return fn(*args, **kwargs)
+        except CareError as exc:
+            fail(f"error: {exc}", exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+    return wrapper
+
+
+@app.command()
+@handles_errors
+def synth(
+    out: Path = typer.Option(..., "--out", help="Directory for sessions.jsonl and card.json."),
+    sessions: int = typer.Option(400, "--sessions", min=1, help="Number of sessions."),
+    clients: Optional[int] = typer.Option(None, "--clients", min=1, help="Number of clients (default: sessions / 5)."),
+    language: str = typer.Option("zh", "--language", help="zh or en."),
+    seed: int = typer.Option(0, "--seed"),
+    utterances: int = typer.Option(24, "--utterances", min=10, help="Mean utterances per session."),
+) -> None:
+    """Write a synthetic annotated corpus (byte-identical for the same arguments)."""
+    from care.data.synth import write_corpus
+
+    card = write_corpus(out, n_sessions=sessions, n_clients=clients, language=language, seed=seed,
+                        mean_utterances=utterances)
+    typer.echo(f"wrote {card['n_sessions']} sessions from {card['n_clients']} clients to {out}")
+
+
+@app.command()
+@handles_errors
+def validate(
+    path: Path = typer.Argument(..., help="JSONL annotation file."),
+    instrument: Optional[str] = typer.Option(None, "--instrument", help="Instrument YAML or built-in name."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON report (counts and problems only)."),
+) -> None:
+    """Validate an annotation file; one line per problem, exit 1 when invalid."""
+    from care.data.validation import validate_file
+
+    result = validate_file(path, instrument=instrument, report_path=report)
+    for problem in result.problems:
+        typer.echo(str(problem), err=True)
+    if result.problems:
+        fail(f"{path}: {len(result.problems)} problem(s) in {result.n_lines} line(s)")
+    typer.echo(f"{path}: {result.n_sessions} sessions valid")
+
+
+@import_app.command("esconv")
+@handles_errors
+def import_esconv_cmd(
+    paths: List[Path] = typer.Argument(..., metavar="PATH...", help="ESConv files: HF line-JSON (train.json, valid.json) "
+                                                                     "or the original JSON array (FailedESConv*.json)."),
+    out: Path = typer.Option(..., "--out", help="Directory for sessions.jsonl and import.json (counts only)."),
+) -> None:
+    """Import ESConv dialogs rated by the seeker (instrument esconv-seeker); byte-identical on re-import."""
+    from care.data.importers.esconv import INSTRUMENT, write_import
+
+    report = write_import(paths, out)
+    total = report["total"]
+    for f in report["files"]:
+        typer.echo(f"{f['file']} ({f['format']}): read {f['read']}, written {f['written']}, "
+                   f"skipped {sum(f['skipped'].values())} {f['skipped']}", err=True)
+    if total["off_scale"]:
+        typer.echo(f"off-scale or non-integer values (reported in {out / 'import.json'}): {total['off_scale']}", err=True)
+    typer.echo(f"wrote {total['written']} of {total['read']} dialog(s) to {out / 'sessions.jsonl'} "
+               f"(instrument {INSTRUMENT})")
+
+
+# ------------------------------------------------------------------------------ care annotations add
+# The rules (validation, ids, client conflicts, atomic append, `dvc add`) live in care.data.intake.
+
+
+@annotations_app.command("add")
+@handles_errors
+def annotations_add(
+    new: Path = typer.Argument(..., metavar="NEW.jsonl", help="Sessions to add (annotation format)."),
+    data: Path = typer.Option(Path("data"), "--data", help="DVC-tracked data directory holding sessions.jsonl."),
+    instrument: Optional[str] = typer.Option(None, "--instrument", help="Instrument YAML or built-in name (default wai-sr)."),
+) -> None:
+    """Validate NEW.jsonl, append it atomically to DIR/sessions.jsonl and `dvc add DIR`; nothing changes on refusal."""
+    from care.errors import InvalidData
+    from care.data.intake import add_annotations
+
+    try:
+        res = add_annotations(new, data_dir=data, instrument=instrument)
+    except InvalidData as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        fail(f"{new}: {len(exc.problems)} problem(s); nothing added, {data} unchanged")
+    typer.echo(f"added {res.n_added} session(s) ({res.n_new_clients} new client(s)) to {res.sessions_path}: "
+               f"{res.n_total} in all")
+    typer.echo(f"data md5 {res.old_md5} -> {res.new_md5} ({res.dvc_file.name} updated); "
+               f"share it: git add {res.dvc_file.name} && git commit && dvc push")
+
+
+# ------------------------------------------------------------------------------ care models (registry)
+# The rules live in care.registry.promotion; ZenML is reached only through zenml_registry.client, imported lazily.
+
+_MODEL_NAME_OPT = typer.Option(None, "--model-name", help="Registered model name (default: registry.model_name in params).")
+_PARAMS_OPT = typer.Option(Path("params.yaml"), "--params", help="Params file giving registry.model_name.")
+
+
+def _registry(params: Path, model_name: Optional[str]):
+    """(zenml_registry.client module, model name); the ZenML import happens here, not at CLI start-up."""
+    os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "WARN")
+    from care.params import load_params
+
+    name = model_name or load_params(params).registry.model_name
+    from pipelines import registry
+
+    return registry, name
+
+
+@models_app.command("list")
+@handles_errors
+def models_list(
+    model_name: Optional[str] = _MODEL_NAME_OPT,
+    params: Path = _PARAMS_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List versions: version, stage, created, gate, key metrics (mean Pearson / MSE), data version."""
+    import json
+
+    registry, name = _registry(params, model_name)
+    rows = registry.list_versions(name)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    cols = ["version", "stage", "created", "gate_passed", "key_metrics", "data_version"]
+    cells = [[("-" if r.get(c) is None else str(r[c])) for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    typer.echo(f"model {name}: {len(rows)} version(s)")
+    typer.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+    for row in cells:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@models_app.command("show")
+@handles_errors
+def models_show(
+    version: Optional[str] = typer.Argument(None, help="Version number."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="staging or production (instead of a version)."),
+    model_name: Optional[str] = _MODEL_NAME_OPT,
+    params: Path = _PARAMS_OPT,
+) -> None:
+    """Print all metadata of one version (by number or by stage) as JSON."""
+    import json
+
+    registry, name = _registry(params, model_name)
+    typer.echo(json.dumps(registry.show_version(name, version=version, stage=stage), indent=2, sort_keys=True))
+
+
+@models_app.command("promote")
+@handles_errors
+def models_promote(
+    version: str = typer.Argument(..., help="Version number to promote."),
+    stage: str = typer.Option(..., "--stage", help="staging, production or archived."),
+    force: bool = typer.Option(False, "--force", help="Promote to production even when worse than the holder "
+                                                       "(never overrides a failed gate)."),
+    model_name: Optional[str] = _MODEL_NAME_OPT,
+    params: Path = _PARAMS_OPT,
+) -> None:
+    """Move a version to a stage; production only when not worse than the current holder (or --force)."""
+    registry, name = _registry(params, model_name)
+    try:
+        decision = registry.promote(version, stage, name, force=force)
+    except CareError as exc:
+        refused = getattr(exc, "decision", None)
+        if refused is not None and refused.comparison is not None:
+            typer.echo(refused.comparison.table())
+        raise
+    if decision.comparison is not None:
+        typer.echo(decision.comparison.table())
+    typer.echo(f"{name} version {version} -> {stage}: {decision.reason}")
+
+
+@models_app.command("pull")
+@handles_errors
+def models_pull(
+    out: Path = typer.Option(..., "--out", help="Directory to create (must not exist or be empty)."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="staging or production."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version number."),
+    model_name: Optional[str] = _MODEL_NAME_OPT,
+    params: Path = _PARAMS_OPT,
+) -> None:
+    """Copy a version's release package to DIR, verifying every sha256; nothing is left at DIR on failure."""
+    registry, name = _registry(params, model_name)
+    info = registry.pull_package(out, name, version=version, stage=stage)
+    typer.echo(f"pulled {name} version {info['version']} to {info['out']} (verified)")
+
+
+@app.command()
+@handles_errors
+def score(
+    input_path: Path = typer.Argument(..., metavar="INPUT.jsonl", help="Sessions to score (annotation format; ratings optional)."),
+    model: Path = typer.Option(..., "--model", help="Release package directory (verified against its manifest)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output JSONL (default: stdout); written atomically."),
+    rationales: bool = typer.Option(False, "--rationales", help="Also generate a rationale per item (greedy, bounded)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda fails unless ONNX Runtime really uses CUDA)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Item prompts per batch over a shared transcript cache."),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1, help="Rationale length bound (tokens)."),
+) -> None:
+    """Score sessions with a release package on ONNX Runtime (no PyTorch): one JSON line per session."""
+    import json
+
+    from care.release.onnx_runtime import load_package, result_record, score_sessions
+    from care.data.validation import load_valid_sessions
+
+    if device not in ("cpu", "cuda"):
+        raise CareError(f"--device {device!r}: expected cpu or cuda")
+    from care.errors import InvalidData, UsageError
+
+    if out is not None and out.is_dir():  # refused before any work; other write errors come from care.fsutil
+        raise UsageError(f"--out {out}: is a directory, expected a file path")
+
+    pkg = load_package(model, device=device)
+    try:
+        sessions = load_valid_sessions(input_path, instrument=pkg.instrument, ratings_required=False)
+    except InvalidData as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        fail(f"{input_path}: {len(exc.problems)} problem(s); nothing scored")
+    scores = score_sessions(pkg, sessions, batch_size=batch_size, rationales=rationales, max_new_tokens=max_new_tokens)
+    lines = [json.dumps(result_record(s, pkg.instrument, rationales), ensure_ascii=False) for s in scores]
+    if out is None:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+    else:
+        from care.fsutil import atomic_write_lines
+
+        atomic_write_lines(out, lines)
+    unparsed = sum(1 for s in scores for i in s.items.values() if i.greedy is None)
+    truncated = sum(s.truncated for s in scores)
+    typer.echo(f"scored {len(scores)} session(s); greedy unparsed: {unparsed}; truncated transcripts: {truncated}"
+               + (f"; wrote {out}" if out else ""), err=True)
+
+
+@app.command()
+@handles_errors
+def train(
+    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="Params file."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a param: KEY=VALUE (repeatable)."),
+    release: bool = typer.Option(True, "--release/--no-release", help="After the gate: final fit, ONNX release, registration."),
+    metrics_dir: Path = typer.Option(Path("metrics"), "--metrics-dir"),
+    plots_dir: Path = typer.Option(Path("plots"), "--plots-dir"),
+) -> None:
+    """Run the pipeline: validate, cross-validate, gate, then release and register (ZenML)."""
+    from care.params import load_params
+    from care.run.workspace import Outputs
+
+    params = load_params(params_file, overrides or [])
+    from pipelines.training import run_training
+
+    result = run_training(params, Outputs.at(metrics_dir, plots_dir), release=release)
+    gate = result["gate"]
+    if gate is not None and not gate["passed"]:
+        for check in gate["failed"]:
+            typer.echo(f"gate check failed: {check}", err=True)
+        fail(f"gate failed ({len(gate['failed'])} check(s)); nothing was exported or registered", 3)
+    if result["status"] != "completed":
+        fail(f"pipeline run {result['run']} {result['status']}: failed step(s) {', '.join(result['failed_steps']) or '?'}"
+             f" ({result['error']}); see the ZenML logs of the run")
+    reg = result["registration"]
+    if reg:
+        typer.echo(f"registered {reg['model']} version {reg['version']}" + (f" in {reg['stage']}" if reg["stage"] else ""))
+    typer.echo(f"run {result['run']} completed; metrics in {metrics_dir}/")
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,388 @@
+"""The model registry on ZenML's Model Control Plane: register, promote, list, show and pull release packages.
+
+Rules (what may be promoted, what metadata is kept) live in `care.registry.promotion`; this module only talks to
+ZenML. Works the same against a local store and a ZenML server (`zenml login ...`): every call goes
+through `Client()` and the artifact store is reached with `zenml.io.fileio`.
+
+Storage. A release package is stored once, as plain files, in the active artifact store under
+``<artifact store>/care-packages/<sha256 of manifest.json>/`` (content-addressed: a package already there
+is not copied again) and registered as a ZenML artifact of type MODEL named ``<model name>-package``
+(`register_artifact` with a pre-existing URI: no pickling, no materializer copy). That artifact version is
+linked to the model version; a second model version with a byte-identical package reuses the same artifact
+version.
+
+Versions. `register_package` never names a version: ZenML numbers them (1, 2, ...). Called inside a
+pipeline step whose pipeline (or step) carries ``Model(name=<model name>)``, it uses that run's model
+version instead of creating one, so the pipeline's own model version gets the package and metadata.
+
+Pull. The stored manifest must hash to the registered sha256 and the stored folder must hold exactly the
+files it lists (an extra file is refused, as in `care.release.manifest.verify_package`). Files are copied with
+fileio into a temporary directory beside the target, every sha256 in the manifest is checked
+(`care.release.manifest.verify_package`) and the directory is renamed into place only when all match;
+`load_artifact` is never used (it leaves /tmp/zenml-* folders behind).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
+
+from zenml.client import Client  # noqa: E402
+from zenml.enums import ArtifactType, ModelStages  # noqa: E402
+from zenml.io import fileio  # noqa: E402
+
+from care.errors import CareError, UsageError, label  # noqa: E402
+from care.fsutil import atomic_dir  # noqa: E402
+from care.release.manifest import MANIFEST, read_manifest, verify_package  # noqa: E402
+from care.registry.promotion import STAGES, Decision, decide_promotion, key_metrics, registry_metadata  # noqa: E402
+
+DEFAULT_MODEL_NAME = "care-alliance"
+PACKAGES_DIR = "care-packages"
+_COPY_CHUNK = 1 << 22
+
+
+def package_artifact_name(model_name: str) -> str:
+    return f"{model_name}-package"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _manifest_sha256(package_dir: Path) -> str:
+    return hashlib.sha256((package_dir / MANIFEST).read_bytes()).hexdigest()
+
+
+def _safe_rel(rel: str) -> str:
+    p = PurePosixPath(rel)
+    if p.is_absolute() or not p.parts or any(part in ("", ".", "..") for part in p.parts) or "\\" in rel:
+        raise CareError(f"manifest lists an unsafe path {rel!r}")
+    return p.as_posix()
+
+
+def _ensure_source_root() -> None:
+    """Let ZenML load the active stack's components however `care` was started.
+
+    ZenML resolves stack components through its source root: a `zenml init` repository, else the directory
+    of `__main__`'s file. Without either (`python -c`, a notebook, an embedded interpreter) reaching the
+    artifact store raises RuntimeError; the project root is used then (and only then).
+    """
+    from zenml.utils import source_utils
+
+    try:
+        source_utils.get_source_root()
+    except RuntimeError:
+        source_utils.set_custom_source_root(str(Path(__file__).resolve().parents[1]))
+
+
+def _join(uri: str, rel: str) -> str:
+    return posixpath.join(uri, rel) if "://" in uri else os.path.join(uri, *rel.split("/"))
+
+
+def _stored_files(uri: str) -> set[str]:
+    """Relative POSIX paths of every file under the stored package at `uri` (local or remote store)."""
+    root = uri.rstrip("/")
+    out: set[str] = set()
+    for dirpath, _dirs, files in fileio.walk(uri):
+        dirpath = str(dirpath).rstrip("/")
+        if not dirpath.startswith(root):
+            raise CareError(f"cannot list the stored package at {uri} (walk returned {dirpath})")
+        sub = dirpath[len(root):].replace("\\", "/").strip("/")
+        out.update(f"{sub}/{name}" if sub else str(name) for name in files)
+    return out
+
+
+def _copy_to_store(src: Path, dst: str) -> None:
+    parent = posixpath.dirname(dst) if "://" in dst else os.path.dirname(dst)
+    if parent and not fileio.exists(parent):
+        fileio.makedirs(parent)
+    fileio.copy(str(src), dst, overwrite=True)
+
+
+def _get_model(client: Client, model_name: str, create: bool = False):
+    try:
+        return client.get_model(model_name)
+    except KeyError:
+        if not create:
+            raise CareError(f"no model named {model_name!r} in the registry") from None
+        return client.create_model(
+            name=model_name,
+            description="CARE: predicts the client's working-alliance ratings of a counseling session.",
+        )
+
+
+def _resolve_version(client: Client, model_name: str, version: str | int | None = None, stage: str | None = None):
+    """A model version by number (or name), or by stage; CareError when there is none."""
+    if (version is None) == (stage is None):
+        raise UsageError("give exactly one of a version or a stage")
+    _get_model(client, model_name)
+    if stage is not None:
+        if stage not in STAGES:
+            raise UsageError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        if stage == "archived":
+            raise UsageError("several versions can be archived: name the version instead")
+        key: Any = ModelStages(stage)
+    else:
+        key = int(version) if str(version).isdigit() else str(version)
+    try:
+        return client.get_model_version(model_name, key)
+    except KeyError:
+        what = f"stage {stage}" if stage else f"version {version}"
+        raise CareError(f"model {model_name!r} has no {what}") from None
+
+
+def _context_model_version(model_name: str):
+    """The model version of the running pipeline step, or None outside a step / without a Model."""
+    from zenml.exceptions import StepContextError
+    from zenml.steps.step_context import get_step_context
+
+    try:
+        ctx = get_step_context()
+    except (StepContextError, RuntimeError):
+        return None
+    mv = ctx.model_version
+    if mv is None:
+        return None
+    if mv.model.name != model_name:
+        raise CareError(f"this pipeline run carries model {mv.model.name!r}, but the package is to be "
+                        f"registered as {model_name!r}; make registry.model_name and the pipeline's Model agree")
+    return mv
+
+
+def _version_label(mv) -> str:
+    return str(mv.number)
+
+
+# ----------------------------------------------------------------------------------------- register
+
+
+def store_package(package_dir: str | Path) -> tuple[str, str]:
+    """Copy a verified package into the active artifact store once; return (uri, manifest sha256)."""
+    package_dir = Path(package_dir)
+    manifest = verify_package(package_dir)
+    sha = _manifest_sha256(package_dir)
+    _ensure_source_root()
+    store = Client().active_stack.artifact_store
+    uri = _join(store.path, f"{PACKAGES_DIR}/{sha}")
+    marker = _join(uri, MANIFEST)
+    if fileio.exists(marker):
+        with fileio.open(marker, "rb") as fh:
+            if hashlib.sha256(fh.read()).hexdigest() == sha:
+                return uri, sha  # already stored: nothing is copied again
+    # Manifest last: its presence marks a complete copy (works on object stores without rename).
+    for rel in sorted(manifest["files"]):
+        _copy_to_store(package_dir / _safe_rel(rel), _join(uri, rel))
+    _copy_to_store(package_dir / MANIFEST, marker)
+    return uri, sha
+
+
+def _package_artifact(uri: str, model_name: str, metadata: dict[str, Any]):
+    """The artifact version for `uri`: the existing one, or a new MODEL artifact registered in place."""
+    from zenml import register_artifact
+
+    client = Client()
+    existing = client.list_artifact_versions(uri=uri, size=1)
+    if existing.items:
+        return existing.items[0]
+    try:
+        return register_artifact(
+            folder_or_file_uri=uri,
+            name=package_artifact_name(model_name),
+            artifact_type=ArtifactType.MODEL,
+            artifact_metadata=metadata,
+        )
+    except RuntimeError:  # registered by a concurrent run between the lookup and now
+        existing = client.list_artifact_versions(uri=uri, size=1)
+        if existing.items:
+            return existing.items[0]
+        raise
+
+
+def register_package(package_dir: str | Path, model_name: str = DEFAULT_MODEL_NAME,
+                     metadata: dict[str, Any] | None = None) -> int:
+    """Register a release package as a model version; return the version number.
+
+    Outside a pipeline step a new version of `model_name` is created (ZenML numbers it). Inside a step of a
+    pipeline configured with ``Model(name=model_name)`` the run's own model version is used. `metadata`
+    (optional) is merged over the manifest's metadata; only numbers and ids are kept.
+    """
+    package_dir = Path(package_dir)
+    manifest = read_manifest(package_dir)
+    meta = registry_metadata(manifest, metadata)
+    uri, sha = store_package(package_dir)
+    n_bytes = sum(int(e.get("size", 0)) for e in manifest["files"].values() if isinstance(e, dict))
+    meta.update({"package_sha256": sha, "package_files": len(manifest["files"]), "package_bytes": n_bytes})
+
+    client = Client()
+    _get_model(client, model_name, create=True)
+    mv = _context_model_version(model_name)
+    if mv is None:
+        mv = client.create_model_version(model_name_or_id=model_name)  # unnamed: ZenML numbers it
+
+    artifact = _package_artifact(uri, model_name, {"package_sha256": sha, "package_bytes": n_bytes})
+    from zenml.model.utils import link_artifact_version_to_model_version
+
+    link_artifact_version_to_model_version(artifact_version=artifact, model_version=mv)
+    meta["package_artifact_version_id"] = str(artifact.id)
+    client.create_run_metadata(metadata=meta, resources=[_mv_resource(mv.id)])
+    return int(mv.number)
+
+
+def _mv_resource(mv_id):
+    from zenml.enums import MetadataResourceTypes
+    from zenml.models import RunMetadataResource
+
+    return RunMetadataResource(id=mv_id, type=MetadataResourceTypes.MODEL_VERSION)
+
+
+# ------------------------------------------------------------------------------------------ promote
+
+
+def version_metadata(mv) -> dict[str, Any]:
+    """The registry metadata of a model version (numbers and ids only)."""
+    return dict(mv.run_metadata or {})  # hydrates the response when needed
+
+
+def _holder(client: Client, model_name: str, stage: str):
+    page = client.list_model_versions(model=model_name, stage=stage, size=10)
+    if len(page.items) > 1:  # cannot happen through ZenML's stage update; say so if it ever does
+        raise CareError(f"model {model_name!r} has {len(page.items)} versions in {stage}")
+    return page.items[0] if page.items else None
+
+
+def promote(version: str | int, stage: str, model_name: str = DEFAULT_MODEL_NAME, force: bool = False) -> Decision:
+    """Move a version to `stage` when the rules in care.registry.promotion allow; raise CareError otherwise.
+
+    The refusal's Decision (with the comparison table) is attached to the error as `.decision`.
+    The previous holder of the stage is archived in the same store transaction (ZenML `force=True`).
+    """
+    client = Client()
+    mv = _resolve_version(client, model_name, version=version)
+    cand = version_metadata(mv)
+    current = _holder(client, model_name, stage) if stage in ("staging", "production") else None
+    if current is not None and current.id == mv.id:
+        return Decision(True, f"version {mv.number} already holds {stage}")
+    decision = decide_promotion(
+        cand, stage, version_metadata(current) if current is not None else None, force=force,
+        candidate_label=_version_label(mv), current_label=_version_label(current) if current is not None else None)
+    if not decision.allowed:
+        err = CareError(decision.reason)
+        err.decision = decision  # type: ignore[attr-defined]
+        raise err
+    client.update_model_version(model_name_or_id=mv.model.id, version_name_or_id=mv.id,
+                                 stage=ModelStages(stage), force=True)
+    return decision
+
+
+def promote_on_pass(version: str | int, model_name: str = DEFAULT_MODEL_NAME, stage: str = "staging") -> str | None:
+    """Move a version whose gate passed to `stage` (default staging); return the stage, or None when not moved."""
+    if stage == "none":
+        return None
+    client = Client()
+    mv = _resolve_version(client, model_name, version=version)
+    if version_metadata(mv).get("gate_passed") is not True:
+        return None
+    promote(mv.number, stage, model_name)
+    return stage
+
+
+# ----------------------------------------------------------------------------------------- find/pull
+
+
+def _summary(mv) -> dict[str, Any]:
+    meta = version_metadata(mv)
+    return {
+        "version": mv.number,
+        "stage": (mv.stage.value if hasattr(mv.stage, "value") else mv.stage) if mv.stage else None,
+        "created": mv.created.isoformat(timespec="seconds") if mv.created else None,
+        "gate_passed": meta.get("gate_passed"),
+        "key_metrics": key_metrics(meta),
+        "data_version": meta.get("data_version"),
+        "package_sha256": meta.get("package_sha256"),
+    }
+
+
+def list_versions(model_name: str = DEFAULT_MODEL_NAME) -> list[dict[str, Any]]:
+    client = Client()
+    _get_model(client, model_name)
+    out, page = [], 1
+    while True:
+        p = client.list_model_versions(model=model_name, sort_by="asc:number", page=page, size=100, hydrate=True)
+        out += [_summary(mv) for mv in p.items]
+        if page >= p.total_pages:
+            return out
+        page += 1
+
+
+def show_version(model_name: str = DEFAULT_MODEL_NAME, version: str | int | None = None,
+                 stage: str | None = None) -> dict[str, Any]:
+    client = Client()
+    mv = _resolve_version(client, model_name, version=version, stage=stage)
+    s = _summary(mv)
+    return {"model": model_name, "version": s["version"], "stage": s["stage"], "created": s["created"],
+            "id": str(mv.id), "metadata": version_metadata(mv)}
+
+
+def _package_location(client: Client, mv, model_name: str):
+    links = client.list_model_version_artifact_links(
+        model_version_id=mv.id, only_model_artifacts=True, artifact_name=package_artifact_name(model_name),
+        sort_by="desc:created", size=1)
+    if not links.items:
+        raise CareError(f"version {mv.number} of {model_name!r} has no release package")
+    av = client.get_artifact_version(links.items[0].artifact_version.id)
+    return av
+
+
+def pull_package(out: str | Path, model_name: str = DEFAULT_MODEL_NAME, version: str | int | None = None,
+                 stage: str | None = None) -> dict[str, Any]:
+    """Copy a version's package to `out`, verified; nothing is left at `out` (or beside it) on failure."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CareError(f"{out}: already exists and is not an empty directory")
+    client = Client()
+    mv = _resolve_version(client, model_name, version=version, stage=stage)
+    av = _package_location(client, mv, model_name)
+    if av.artifact_store_id:  # instantiating the store registers its filesystem for fileio
+        _ensure_source_root()
+        from zenml.artifacts.utils import load_artifact_store
+
+        load_artifact_store(av.artifact_store_id)
+    uri = av.uri
+    expected_sha = version_metadata(mv).get("package_sha256") or posixpath.basename(uri.rstrip("/"))
+    created_out = not out.exists()
+    try:
+        with atomic_dir(out) as tmp:
+            marker = _join(uri, MANIFEST)
+            if not fileio.exists(marker):
+                raise CareError(f"version {mv.number}: {MANIFEST} missing from the stored package")
+            fileio.copy(marker, str(tmp / MANIFEST), overwrite=True)
+            if hashlib.sha256((tmp / MANIFEST).read_bytes()).hexdigest() != expected_sha:
+                raise CareError(f"version {mv.number}: stored {MANIFEST} does not match the registered sha256")
+            manifest = json.loads((tmp / MANIFEST).read_text("utf-8"))
+            extra = sorted(_stored_files(uri) - set(manifest.get("files", {})) - {MANIFEST})
+            if extra:  # the same rule as care.release.manifest.verify_package: exactly the listed files, no more
+                raise CareError(f"version {mv.number}: {len(extra)} file(s) in the stored package are not in its "
+                                f"manifest: " + ", ".join(label(rel) for rel in extra[:20]))
+            missing = []
+            for rel in sorted(manifest.get("files", {})):
+                src = _join(uri, _safe_rel(rel))
+                if not fileio.exists(src):
+                    missing.append(rel)
+                    continue
+                dst = tmp.joinpath(*rel.split("/"))
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                fileio.copy(src, str(dst), overwrite=True)
+            if missing:
+                raise CareError(f"version {mv.number}: {len(missing)} file(s) missing from the stored package: "
+                                + ", ".join(missing))
+            verify_package(tmp)
+    except BaseException:
+        if created_out and out.exists() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    return {"model": model_name, "version": mv.number, "out": str(out), "package_sha256": expected_sha}
