@@ -36,7 +36,7 @@ def main(extra: list[str]) -> None:
     print(f"exit: {proc.returncode}")
     print(f"wall: {wall:.1f} s")
     print(f"peak RSS: {int(peak.group(1)) / 1024:.0f} MB" if peak else "peak RSS: n/a (install GNU time)")
-    cv = work / "metrics" / "cv.json"
+    cv = work / "metrics" / "cv_detail.json"
     if cv.exists():
         print(cv.read_text())
     shutil.rmtree(work, ignore_errors=True)

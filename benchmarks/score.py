@@ -45,7 +45,7 @@ def _base(args, work: Path) -> Path:
             tok.save_pretrained(out)
         return out
     from care.model.presets import prepare_base
-    from care.run.workspace import cache_root
+    from care.cache import cache_root
 
     return Path(prepare_base(Params(), cache_root()))
 
@@ -66,10 +66,10 @@ def _package(base: Path, work: Path, max_length: int, reserve: int) -> Path:
 def _naive(model, tok, builder, sessions):
     """(expected, greedy) per item from one `generate` call per item on the full prompt: the expected score from
     the first step's logits, the greedy score parsed from the generated text (up to 1 + FALLBACK_TOKENS
-    tokens, as care.evaluation.torch_scoring reads it)."""
+    tokens, as care.evaluation.readout reads it)."""
     import torch
 
-    from care.evaluation.torch_scoring import FALLBACK_TOKENS, parse_score
+    from care.evaluation.readout import FALLBACK_TOKENS, parse_score
 
     digits = torch.tensor(builder.digit_ids)
     points = torch.tensor(builder.instrument.scale.points, dtype=torch.float64)

@@ -126,6 +126,15 @@ class RegistryParams(_Section):
     stage_on_pass: Literal["staging", "none"] = "staging"
 
 
+class FitParams(_Section):
+    """The sections that decide a fine-tuned model: what the fine-tune steps receive and its cache key hashes."""
+
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    lora: LoraParams = LoraParams()
+    train: TrainParams = TrainParams()
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -136,6 +145,10 @@ class Params(_Section):
     gate: GateParams = GateParams()
     release: ReleaseParams = ReleaseParams()
     registry: RegistryParams = RegistryParams()
+
+    @property
+    def fit(self) -> FitParams:
+        return FitParams(data=self.data, model=self.model, lora=self.lora, train=self.train)
 
     def digest(self, *sections: str) -> str:
         """sha256 over the canonical JSON of the given sections (all when none are named)."""

@@ -1,0 +1,1 @@
+"""The `care` command line (typer): thin commands over care/, pipelines/ and zenml_registry/."""

@@ -150,7 +150,7 @@ def _registry(params: Path, model_name: Optional[str]):
     from care.params import load_params
 
     name = model_name or load_params(params).registry.model_name
-    from pipelines import registry
+    from zenml_registry import client as registry
 
     return registry, name
 
@@ -289,7 +289,7 @@ def train(
 ) -> None:
     """Run the pipeline: validate, cross-validate, gate, then release and register (ZenML)."""
     from care.params import load_params
-    from care.run.workspace import Outputs
+    from care.run.outputs import Outputs
 
     params = load_params(params_file, overrides or [])
     from pipelines.training import run_training

@@ -1,1 +1,1 @@
-"""ZenML pipelines wiring the steps (and the registry client operations)."""
+"""ZenML pipelines wiring the steps."""

@@ -1,18 +1,26 @@
-"""The CARE pipeline: validate -> folds -> per fold (fine-tune, score, metrics) -> aggregate -> gate
-[-> final fit -> release package (merge, ONNX export, parity) -> register and promote to staging]."""
+"""The CARE pipeline: validate -> folds -> base -> per fold (fine-tune, score, metrics) -> aggregate -> gate
+[-> final fit -> release package (merge, ONNX export, parity) -> register and stage].
+
+Params are parsed once (`care.params.load_params`); each step receives the typed sections it uses. Steps
+hand each other JSON, the validated data's reference (`DataRef`) and model directories through the
+artifact store, never a local path: each step could run on its own machine. `run_training` then writes
+the files a person reads (metrics, plots, `release/`) from the run's artifacts.
+"""
 
 from __future__ import annotations
 
 from zenml import Model, pipeline
 
+from care.params import Params
 from steps import (
     aggregate_cv,
+    build_release,
     check_gate,
     final_fit,
-    build_release,
     finetune_fold,
     fold_metrics,
     plan_folds,
+    prepare_base,
     register_release,
     score_fold,
     validate_data,
@@ -20,54 +28,63 @@ from steps import (
 
 
 @pipeline(enable_cache=False)
-def care_pipeline(params: dict, outputs: dict, release: bool = True) -> None:
-    summary = validate_data(params=params)
-    folds = plan_folds(params=params, outputs=outputs, data_summary=summary)
+def care_pipeline(params: Params, release: bool = True) -> None:
+    data = validate_data(data=params.data)
+    folds = plan_folds(data=data, cv=params.cv)
+    fit = params.fit
+    base = prepare_base(data=data, fit=fit)
     results, scored = [], []
-    for k in range(params["cv"]["folds"]):
+    for k in range(params.cv.folds):
         fold = {"substitutions": {"fold": str(k)}}
-        model_dir = finetune_fold.with_options(**fold)(params=params, folds=folds, fold=k, id=f"finetune_fold_{k}")
-        scores = score_fold.with_options(**fold)(params=params, folds=folds, fold=k, model_dir=model_dir, id=f"score_fold_{k}")
-        metrics = fold_metrics.with_options(**fold)(params=params, folds=folds, fold=k, scored=scores, id=f"fold_metrics_{k}")
+        model = finetune_fold.with_options(**fold)(data=data, folds=folds, fold=k, fit=fit, base=base,
+                                                   id=f"finetune_fold_{k}")
+        scores = score_fold.with_options(**fold)(data=data, folds=folds, fold=k, fit=fit, eval=params.eval,
+                                                 cv=params.cv, model=model, base=base, id=f"score_fold_{k}")
+        metrics = fold_metrics.with_options(**fold)(data=data, folds=folds, fold=k, eval=params.eval, scored=scores,
+                                                    id=f"fold_metrics_{k}")
         results.append(metrics)
         scored.append(scores)
-    cv = aggregate_cv(params=params, outputs=outputs, folds=folds, fold_results=results, scored=scored)
-    gate = check_gate(params=params, outputs=outputs, cv_metrics=cv)
+    detail, _ = aggregate_cv(data=data, folds=folds, fold_results=results, scored=scored, eval=params.eval,
+                             cv=params.cv, train=params.train)
+    gate = check_gate(cv_detail=detail, gate=params.gate)
     if release:
-        fit_dir = final_fit(params=params, gate=gate)
-        package = build_release(params=params, model_dir=fit_dir, cv_metrics=cv, gate=gate, data_summary=summary)
-        register_release(params=params, package_dir=package, gate=gate)
+        final = final_fit(data=data, fit=fit, base=base, gate=gate)
+        package = build_release(params=params, data=data, model=final, base=base, cv_detail=detail, gate=gate)
+        register_release(package=package, gate=gate, registry=params.registry)
 
 
-def run_training(params, outputs, release: bool = True) -> dict:
-    """Run the pipeline with a ZenML Model (numbered versions) and return what the run produced.
+def _output(run, step: str, name: str):
+    """The loaded output `name` of `step` in `run`, or None when the step did not complete."""
+    if step not in run.steps or run.steps[step].status.value != "completed":
+        return None
+    return run.steps[step].outputs[name][0].load()
 
-    Returns {"run": name, "status": ..., "gate": gate.json contents or None, "registration": {...} or None}.
-    A failed step (including a failed gate) is reported through the status, never swallowed.
+
+def run_training(params: Params, outputs, release: bool = True) -> dict:
+    """Run the pipeline with a ZenML Model (numbered versions), then write its files from the artifacts.
+
+    Returns {"run", "status", "failed_steps", "gate" (gate.json contents or None), "registration", "error"}.
+    A failed step (the final fit refuses a failed gate) is reported through the status, never swallowed.
     """
-    import json
     from pathlib import Path
 
     from zenml.client import Client
     from zenml.utils import source_utils
 
     import steps
-    from care.run.workspace import Outputs
+    from care.run import outputs as files
 
     # Steps are imported by module path from the project root, however `care` was started.
     source_utils.set_custom_source_root(str(Path(steps.__file__).resolve().parents[1]))
-
-    out = outputs if isinstance(outputs, Outputs) else Outputs(**outputs)
-    gate_path = Path(out.metrics) / "gate.json"
+    for stale in ("gate.json", "cv.json"):
+        (Path(outputs.metrics) / stale).unlink(missing_ok=True)
     model = Model(name=params.registry.model_name, description="CARE: client-rated working alliance, item by item",
                   tags=["care", params.model.preset, params.train.targets])
-    configured = care_pipeline.with_options(model=model, run_name=f"care-{{date}}-{{time}}")
-    gate_path.unlink(missing_ok=True)
+    configured = care_pipeline.with_options(model=model, run_name="care-{date}-{time}")
     error = None
     try:
-        configured(params=params.model_dump(mode="json"), outputs={"metrics": str(out.metrics), "plots": str(out.plots)},
-                   release=release)
-    except Exception as exc:  # the run's status and gate.json say what failed
+        configured(params=params, release=release)
+    except Exception as exc:  # the run's status and gate document say what failed
         error = exc
     try:
         run = Client().get_pipeline("care_pipeline").last_run
@@ -75,15 +92,24 @@ def run_training(params, outputs, release: bool = True) -> dict:
         if error is not None:
             raise error
         raise
-    registration = None
-    if "register_release" in run.steps and run.steps["register_release"].status.value == "completed":
-        registration = run.steps["register_release"].outputs["registration"][0].load()
-    failed = [name for name, s in run.steps.items() if s.status.value == "failed"]
+    folds = _output(run, "plan_folds", "folds")
+    if folds is not None:
+        files.write_folds(outputs, folds)
+    detail = _output(run, "aggregate_cv", "cv_detail")
+    gate = _output(run, "check_gate", "gate")
+    if detail is not None:
+        files.write_cv(outputs, detail, _output(run, "aggregate_cv", "predictions"))
+        if gate is not None:
+            files.write_gate(outputs, detail, gate)
+    registration = _output(run, "register_release", "registration")
+    if registration is not None:
+        package = _output(run, "build_release", "release_package")
+        files.install_release(package.path, params.release.out)
     return {
         "run": run.name,
         "status": run.status.value,
-        "failed_steps": failed,
-        "gate": json.loads(gate_path.read_text("utf-8")) if gate_path.exists() and "check_gate" in run.steps else None,
+        "failed_steps": [name for name, s in run.steps.items() if s.status.value == "failed"],
+        "gate": gate,
         "registration": registration,
         "error": type(error).__name__ if error else None,
     }

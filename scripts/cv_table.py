@@ -1,9 +1,9 @@
-"""Markdown tables of a cv.json: the model and every baseline, per item and per dimension, Pearson r,
+"""Markdown tables of a cv_detail.json: the model and every baseline, per item and per dimension, Pearson r,
 Spearman rho and MSE as mean ± std over folds (n = held-out pairs over all folds).
 
-    python scripts/cv_table.py metrics-esconv/cv.json [--instrument esconv-seeker]
+    python scripts/cv_table.py metrics-esconv/cv_detail.json [--instrument esconv-seeker]
 
-Numbers only: cv.json holds no transcript text. Used for docs/results.md.
+Numbers only: cv_detail.json holds no transcript text. Used for docs/results.md.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def tables(cv: dict, items: list[str], dims: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cv", type=Path)
-    ap.add_argument("--instrument", default=None, help="item order (default: as in cv.json)")
+    ap.add_argument("--instrument", default=None, help="item order (default: as in the file)")
     args = ap.parse_args(argv)
     cv = json.loads(args.cv.read_text("utf-8"))
     items = list(cv["items"]["mean"])

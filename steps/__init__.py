@@ -1,4 +1,4 @@
-"""Thin ZenML steps, one per file, re-exported here."""
+"""Thin ZenML steps, one per file, re-exported here (importing this registers the ModelDir materializer)."""
 
 from steps.aggregate_cv import aggregate_cv
 from steps.build_release import build_release
@@ -6,12 +6,14 @@ from steps.check_gate import check_gate
 from steps.final_fit import final_fit
 from steps.finetune_fold import finetune_fold
 from steps.fold_metrics import fold_metrics
+from steps.materializers import ModelDirMaterializer
 from steps.plan_folds import plan_folds
+from steps.prepare_base import prepare_base
 from steps.register import register_release
 from steps.score_fold import score_fold
 from steps.validate_data import validate_data
 
 __all__ = [
-    "aggregate_cv", "build_release", "check_gate", "final_fit", "finetune_fold", "fold_metrics", "plan_folds",
-    "register_release", "score_fold", "validate_data",
+    "ModelDirMaterializer", "aggregate_cv", "build_release", "check_gate", "final_fit", "finetune_fold",
+    "fold_metrics", "plan_folds", "prepare_base", "register_release", "score_fold", "validate_data",
 ]

@@ -1,16 +1,21 @@
-"""Step: mean +/- std over folds (metrics/cv.json, predictions, plots), logged on the model version."""
+"""Step: mean +/- std over folds (the cross-validation detail) and the held-out predictions."""
 
-from typing import Annotated
+from typing import Annotated, Tuple
 
 from zenml import log_metadata, step
 
-from care.run.crossval import aggregate
+from care.params import CvParams, EvalParams, TrainParams
 from care.registry.metadata import cv_metadata
-from care.run.workspace import Outputs
+from care.run.data import DataRef
+from care.run.report import cv_detail, prediction_rows
+from steps.scratch import step_cache
 
 
 @step(enable_cache=False)
-def aggregate_cv(params: dict, outputs: dict, folds: dict, fold_results: list, scored: list) -> Annotated[dict, "cv_metrics"]:
-    cv = aggregate(params, folds, fold_results, scored, Outputs(**outputs))
-    log_metadata(metadata=cv_metadata(cv), infer_model=True)
-    return cv
+def aggregate_cv(data: DataRef, folds: dict, fold_results: list, scored: list, eval: EvalParams, cv: CvParams,
+                 train: TrainParams) -> Tuple[Annotated[dict, "cv_detail"], Annotated[list, "predictions"]]:
+    with step_cache():
+        detail = cv_detail(fold_results, eval, cv, train)
+        rows = prediction_rows(data, folds, scored, eval.readout)
+    log_metadata(metadata=cv_metadata(detail), infer_model=True)
+    return detail, rows

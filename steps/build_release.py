@@ -1,15 +1,19 @@
-"""Step: merge, export to ONNX, check parity, and write the release package; returns its directory."""
+"""Step: merge, export to ONNX, check parity and write the release package; the package travels as an artifact."""
 
 from typing import Annotated
 
-from zenml import log_metadata, step
+from zenml import step
 
-from care.run.crossval import params_of
-from care.release.build import build_release as _build_release
+from care.params import Params
+from care.run.release import build_release as _build
+from care.run.artifacts import ModelDir
+from care.run.data import DataRef
+from steps.materializers import ModelDirMaterializer
+from steps.scratch import step_cache
 
 
-@step(enable_cache=False)
-def build_release(params: dict, model_dir: str, cv_metrics: dict, gate: dict, data_summary: dict) -> Annotated[str, "release_dir"]:
-    out = _build_release(params_of(params), model_dir, cv_metrics, gate, data_summary)
-    log_metadata(metadata={"release_dir": out}, infer_model=True)
-    return out
+@step(enable_cache=False, output_materializers=ModelDirMaterializer)
+def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir, cv_detail: dict,
+                  gate: dict) -> Annotated[ModelDir, "release_package"]:
+    with step_cache():
+        return _build(params, data, model, base, cv_detail, gate)

@@ -1,12 +1,19 @@
-"""Step: fine-tune on every fold but one; returns the directory of the saved adapter (safetensors)."""
+"""Step: fine-tune on every fold but one; the adapter travels as an artifact."""
 
 from typing import Annotated
 
 from zenml import ArtifactConfig, step
 
-from care.run.crossval import finetune_on
+from care.params import FitParams
+from care.run.artifacts import ModelDir
+from care.run.data import DataRef
+from care.run.fits import finetune_on
+from steps.materializers import ModelDirMaterializer
+from steps.scratch import step_cache
 
 
-@step(enable_cache=False)
-def finetune_fold(params: dict, folds: dict, fold: int) -> Annotated[str, ArtifactConfig(name="fold_{fold}_model_dir")]:
-    return finetune_on(params, folds, fold, desc=f"fold {fold + 1}/{folds['n_folds']}")
+@step(enable_cache=False, output_materializers=ModelDirMaterializer)
+def finetune_fold(data: DataRef, folds: dict, fold: int, fit: FitParams,
+                  base: ModelDir) -> Annotated[ModelDir, ArtifactConfig(name="fold_{fold}_model")]:
+    with step_cache():
+        return finetune_on(data, folds, fold, fit, base, desc=f"fold {fold + 1}/{folds['n_folds']}")

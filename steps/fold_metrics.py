@@ -4,9 +4,14 @@ from typing import Annotated
 
 from zenml import ArtifactConfig, step
 
-from care.run.crossval import fold_metrics as _fold_metrics
+from care.params import EvalParams
+from care.run.data import DataRef
+from care.run.fold_eval import fold_metrics as _metrics
+from steps.scratch import step_cache
 
 
 @step(enable_cache=False)
-def fold_metrics(params: dict, folds: dict, fold: int, scored: dict) -> Annotated[dict, ArtifactConfig(name="fold_{fold}_metrics")]:
-    return _fold_metrics(params, folds, fold, scored)
+def fold_metrics(data: DataRef, folds: dict, fold: int, eval: EvalParams,
+                 scored: dict) -> Annotated[dict, ArtifactConfig(name="fold_{fold}_metrics")]:
+    with step_cache():
+        return _metrics(data, folds, fold, eval, scored)

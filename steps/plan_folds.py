@@ -1,13 +1,17 @@
-"""Step: client-grouped, stratified folds (writes metrics/folds.json)."""
+"""Step: client-grouped, stratified folds (session ids per fold)."""
 
 from typing import Annotated
 
 from zenml import step
 
-from care.run.crossval import plan_folds as _plan_folds
-from care.run.workspace import Outputs
+from care.data.folds import plan_folds as _plan
+from care.params import CvParams
+from care.run.data import DataRef, load_data
+from steps.scratch import step_cache
 
 
 @step(enable_cache=False)
-def plan_folds(params: dict, outputs: dict, data_summary: dict) -> Annotated[dict, "folds"]:
-    return _plan_folds(params, Outputs(**outputs))
+def plan_folds(data: DataRef, cv: CvParams) -> Annotated[dict, "folds"]:
+    with step_cache():
+        sessions, instrument = load_data(data)
+        return _plan(sessions, instrument, cv.folds, cv.seed)

@@ -1,5 +1,5 @@
 """The cross-validation's baselines sit on the model's folds: TF-IDF + ridge and the helper-side proxy are
-computed per fold on the same held-out sessions, reported per dimension and per item in cv.json, and the
+computed per fold on the same held-out sessions, reported per dimension and per item in cv_detail.json, and the
 proxy is read from `helper_ratings` only (never from counselor ratings)."""
 
 from __future__ import annotations
@@ -8,9 +8,11 @@ import json
 
 from conftest import corpus_rows, write_jsonl_file
 
-from care.run import crossval
+from care.data.folds import plan_folds
 from care.params import Params
-from care.run.workspace import Outputs
+from care.run.data import load_data, validate_data
+from care.run.fold_eval import fold_metrics
+from care.run.report import cv_detail
 
 
 def _scored(test_ids, items):
@@ -31,14 +33,14 @@ def test_fold_metrics_and_cv_json_carry_tfidf_and_helper_proxy(tmp_path):
     p.data.path = str(path)
     p.cv.folds = 2
     p.eval.helper_proxy = {"detail": ["task", "bond"]}
-    out = Outputs.at(tmp_path / "metrics", tmp_path / "plots")
-    folds = crossval.plan_folds(p, out)
+    data = validate_data(p.data)
+    folds = plan_folds(*load_data(data), p.cv.folds, p.cv.seed)
     items = [str(i) for i in range(1, 13)]
     results, scored = [], []
     for k in range(2):
         s = _scored(folds["folds"][k]["sessions"], items)
         scored.append(s)
-        results.append(crossval.fold_metrics(p.model_dump(mode="json"), folds, k, s))
+        results.append(fold_metrics(data, folds, k, p.eval, s))
     for r in results:
         assert set(r["baselines"]) == {"counselor", "train_mean", "tfidf", "helper_proxy"}
         proxy = r["baselines"]["helper_proxy"]
@@ -46,9 +48,8 @@ def test_fold_metrics_and_cv_json_carry_tfidf_and_helper_proxy(tmp_path):
         assert proxy["dimensions"]["goal"]["n"] == 0  # unmapped: absent, not invented
         assert proxy["dimensions"]["task"]["n"] == len(folds["folds"][r["fold"]]["sessions"])
         assert r["baselines"]["counselor"]["dimensions"]["task"]["n"] == 0
-    cv = crossval.aggregate(p, folds, results, scored, out)
-    on_disk = json.loads((tmp_path / "metrics" / "cv.json").read_text())
-    assert on_disk == cv
+    cv = cv_detail(results, p.eval, p.cv, p.train)
+    assert json.loads(json.dumps(cv)) == cv
     assert set(cv["baselines"]) == {"counselor", "train_mean", "tfidf", "helper_proxy"}
     # per item: item 1 is what the proxy tracks (except every 4th session)
     assert cv["baselines_items"]["helper_proxy"]["1"]["pearson"] > 0.5
@@ -64,6 +65,7 @@ def test_text_baseline_can_be_switched_off(tmp_path):
     p.data.path = str(path)
     p.cv.folds = 2
     p.eval.text_baseline = False
-    folds = crossval.plan_folds(p, Outputs.at(tmp_path / "m", tmp_path / "p"))
-    r = crossval.fold_metrics(p, folds, 0, _scored(folds["folds"][0]["sessions"], [str(i) for i in range(1, 13)]))
+    data = validate_data(p.data)
+    folds = plan_folds(*load_data(data), p.cv.folds, p.cv.seed)
+    r = fold_metrics(data, folds, 0, p.eval, _scored(folds["folds"][0]["sessions"], [str(i) for i in range(1, 13)]))
     assert set(r["baselines"]) == {"counselor", "train_mean"}

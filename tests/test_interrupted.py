@@ -230,8 +230,9 @@ def test_kill_mid_fold_then_rerun_reuses_the_finished_fold(interrupted):
 def test_resumed_run_gives_the_uninterrupted_metrics(interrupted, reference):
     ref, out = reference[0] / "metrics", interrupted["out"] / "metrics"
     assert json.loads((out / "folds.json").read_text()) == json.loads((ref / "folds.json").read_text())
-    assert _without_timing(json.loads((out / "cv.json").read_text())) == \
-        _without_timing(json.loads((ref / "cv.json").read_text()))
+    assert _without_timing(json.loads((out / "cv_detail.json").read_text())) == \
+        _without_timing(json.loads((ref / "cv_detail.json").read_text()))
+    assert json.loads((out / "cv.json").read_text()) == json.loads((ref / "cv.json").read_text())
     assert (out / "predictions.jsonl").read_bytes() == (ref / "predictions.jsonl").read_bytes()
 
 
@@ -248,13 +249,14 @@ def test_two_clean_runs_give_identical_folds_weights_and_metrics(world, referenc
     for key in keys:
         assert (a / key / "model" / "adapter_model.safetensors").read_bytes() == \
             (b / key / "model" / "adapter_model.safetensors").read_bytes()
-        scored = sorted(p.name for p in (a / key).glob("scored-*.json"))
-        assert len(scored) == 1
-        raw_a = json.loads((a / key / scored[0]).read_text())
-        raw_b = json.loads((b / key / scored[0]).read_text())
+    scored = sorted(p.name for p in (base / "cache-reference" / "scores").glob("*.json"))
+    assert len(scored) == 2 and scored == sorted(p.name for p in (base / "cache-again" / "scores").glob("*.json"))
+    for name in scored:
+        raw_a = json.loads((base / "cache-reference" / "scores" / name).read_text())
+        raw_b = json.loads((base / "cache-again" / "scores" / name).read_text())
         assert _without_timing(raw_a) == _without_timing(raw_b)  # full float precision: exact
-    assert _without_timing(json.loads((again / "metrics" / "cv.json").read_text())) == \
-        _without_timing(json.loads((ref / "metrics" / "cv.json").read_text()))
+    assert _without_timing(json.loads((again / "metrics" / "cv_detail.json").read_text())) == \
+        _without_timing(json.loads((ref / "metrics" / "cv_detail.json").read_text()))
     preds = "metrics/predictions.jsonl"
     assert (again / preds).read_bytes() == (ref / preds).read_bytes()
 
@@ -285,7 +287,7 @@ def test_killed_pull_leaves_no_package_and_the_next_pull_works(tmp_path):
     env = {**clean_subprocess_env(store), "OMP_NUM_THREADS": "1"}
     pkg = _package(tmp_path / "pkg")
     register = ("from zenml_registry.client import register_package, promote_on_pass; "
-                f"promote_on_pass(register_package({str(pkg)!r}, 'kill-pull'), 'kill-pull')")
+                f"promote_on_pass(register_package({str(pkg)!r}, 'kill-pull'), 'kill-pull', 'staging')")
     reg = subprocess.run([sys.executable, "-c", register], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     assert reg.returncode == 0, reg.stderr[-3000:]

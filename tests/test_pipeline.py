@@ -51,7 +51,7 @@ def first_run(world):
 
 def test_pipeline_writes_metrics_release_and_registers_in_staging(world, first_run):
     out, proc = first_run
-    cv = json.loads((out / "metrics" / "cv.json").read_text())
+    cv = json.loads((out / "metrics" / "cv_detail.json").read_text())
     assert set(cv["mean"]) == {"goal", "task", "bond"}
     assert set(cv["baselines"]) >= {"counselor", "train_mean", "zero_shot", "tfidf"}
     assert cv["n_folds"] == 2 and cv["n_sessions"] == 60 and cv["targets"] == "rationale"
@@ -67,6 +67,15 @@ def test_pipeline_writes_metrics_release_and_registers_in_staging(world, first_r
     assert len(rows) == 60 and {r["fold"] for r in rows} == {0, 1}
     gate = json.loads((out / "metrics" / "gate.json").read_text())
     assert gate["passed"] is True and gate["checks"]
+    summary = json.loads((out / "metrics" / "cv.json").read_text())
+    assert summary["gate"] == {"passed": True, "failed_checks": 0}
+    for dim in ("goal", "task", "bond"):
+        assert summary[dim]["pearson"] == cv["mean"][dim]["pearson"] and summary[dim]["mse"] == cv["mean"][dim]["mse"]
+        best = max((b[dim]["pearson"], name) for name, b in cv["baselines"].items() if b[dim]["pearson"] is not None)
+        assert summary[dim]["best_baseline_pearson"] == {"name": best[1], "value": best[0]}
+    numbers = [v for dim in ("goal", "task", "bond") for v in (summary[dim]["pearson"], summary[dim]["mse"],
+               summary[dim]["best_baseline_pearson"]["value"], summary[dim]["best_baseline_mse"]["value"])]
+    assert len(numbers) <= 20  # one glance in `dvc metrics show`
     assert (out / "plots" / "predicted_vs_actual.png").stat().st_size > 1000
     manifest = verify_package(out / "release")
     assert manifest["gate"]["passed"] is True and manifest["data_version"]
@@ -96,8 +105,8 @@ def test_rerun_reuses_finished_folds(world, first_run):
     before = {p: p.stat().st_mtime_ns for p in fits}
     out, proc = train(world, "run2", "--no-release")
     assert {p: p.stat().st_mtime_ns for p in sorted((base / "cache" / "fits").glob("*/done.json"))} == before
-    first = json.loads((first_run[0] / "metrics" / "cv.json").read_text())
-    again = json.loads((out / "metrics" / "cv.json").read_text())
+    first = json.loads((first_run[0] / "metrics" / "cv_detail.json").read_text())
+    again = json.loads((out / "metrics" / "cv_detail.json").read_text())
     assert again["mean"] == first["mean"] and again["baselines"] == first["baselines"]
 
 
@@ -111,3 +120,24 @@ def test_failing_gate_stops_before_export_and_names_checks(world, first_run):
     assert gate["passed"] is False
     listing = json.loads(care(world, "models", "list", "--json").stdout)
     assert len([v for v in listing if v.get("stage") == "staging"]) == 1
+
+
+def test_every_step_in_its_own_empty_scratch_space_gives_the_same_results(world, first_run):
+    """As if each step ran in its own pod: no shared cache, so models can only travel as artifacts."""
+    base, env = world
+    scratch = base / "scratch"
+    scratch.mkdir()
+    isolated = {**env, "CARE_STEP_SCRATCH": str(scratch), "CARE_CACHE_DIR": str(base / "driver-cache")}
+    out = base / "isolated"
+    args = ["train", "--params", "params.ci.yaml", "--metrics-dir", str(out / "metrics"), "--plots-dir",
+            str(out / "plots"), "--set", f"release.out={out / 'release'}"]
+    proc = subprocess.run([*CARE, *args], cwd=ROOT, env=isolated, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert len(list(scratch.glob("step-cache-*"))) >= 12  # one per step body
+    assert not (base / "driver-cache" / "fits").exists()  # nothing trained outside a step's own space
+    first = json.loads((first_run[0] / "metrics" / "cv_detail.json").read_text())
+    again = json.loads((out / "metrics" / "cv_detail.json").read_text())
+    assert again["mean"] == first["mean"] and again["baselines"] == first["baselines"]
+    assert again["items"] == first["items"]
+    manifest = verify_package(out / "release")
+    assert manifest["cv"]["mean"] == first["mean"]

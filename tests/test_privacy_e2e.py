@@ -282,7 +282,7 @@ def test_the_run_covered_every_stage(world):
     data = (world.repo / "data" / "sessions.jsonl").read_text("utf-8")
     assert all(m in data for m in ALL_MARKERS)
     assert len(_rows(world.repo / "data" / "sessions.jsonl")) == N_SESSIONS
-    cv = json.loads((world.repo / "metrics" / "cv.json").read_text("utf-8"))
+    cv = json.loads((world.repo / "metrics" / "cv_detail.json").read_text("utf-8"))
     assert cv["n_sessions"] == N_SESSIONS and cv["rationale_quality"]["n_pairs"] > 0
     assert json.loads((world.repo / "release" / "manifest.json").read_text("utf-8"))["gate"]["passed"] is True
     assert (world.base / "pulled" / "manifest.json").is_file()

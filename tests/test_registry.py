@@ -118,9 +118,9 @@ def test_register_numbers_versions_and_stages_on_pass(zenml_store, tmp_path):
     v2 = register_package(make_package(tmp_path / "p2"), "reg-a")
     assert (v1, v2) == (1, 2)
     assert show_version("reg-a", version=1)["stage"] is None
-    assert promote_on_pass(v1, "reg-a") == "staging"
+    assert promote_on_pass(v1, "reg-a", "staging") == "staging"
     assert _holders("reg-a") == {"staging": [1], None: [2]}
-    assert promote_on_pass(v2, "reg-a") == "staging"
+    assert promote_on_pass(v2, "reg-a", "staging") == "staging"
     assert _holders("reg-a") == {"archived": [1], "staging": [2]}
 
 
@@ -144,7 +144,7 @@ def test_failed_gate_is_never_promotable(zenml_store, tmp_path, cli):
     from zenml_registry.client import promote_on_pass, register_package
 
     v = register_package(make_package(tmp_path / "bad", pearson=0.1, passed=False), "reg-fail")
-    assert promote_on_pass(v, "reg-fail") is None
+    assert promote_on_pass(v, "reg-fail", "staging") is None
     for stage in ("staging", "production"):
         r = cli("promote", str(v), "--stage", stage, "--force", "--model-name", "reg-fail")
         assert r.exit_code == 1, _out(r)
@@ -203,7 +203,7 @@ def test_pull_verifies_and_leaves_nothing_on_failure(zenml_store, tmp_path, cli)
     before = _zenml_tmp_dirs()
     src = make_package(tmp_path / "src")
     v = register_package(src, "reg-pull")
-    promote_on_pass(v, "reg-pull")
+    promote_on_pass(v, "reg-pull", "staging")
 
     out = tmp_path / "pulled" / "model"
     r = cli("pull", "--stage", "staging", "--out", str(out), "--model-name", "reg-pull")
@@ -239,7 +239,7 @@ def test_list_and_show_print_metadata_only(zenml_store, tmp_path, cli):
     from zenml_registry.client import promote_on_pass, register_package
 
     v = register_package(make_package(tmp_path / "p", pearson=0.52, mse=1.04), "reg-show")
-    promote_on_pass(v, "reg-show")
+    promote_on_pass(v, "reg-show", "staging")
     r = cli("list", "--model-name", "reg-show")
     assert r.exit_code == 0, _out(r)
     for field in ("version", "stage", "created", "key_metrics", "data_version", "staging", "md5-0123abcd",

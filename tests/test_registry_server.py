@@ -44,7 +44,7 @@ for name, r in (("p1", 0.5), ("p2", 0.4)):
                        "cv": {"mean": {"Task": {"pearson": r, "spearman": r, "mse": 1.0}}},
                        "gate": {"passed": True}})
     v = register_package(d, "care-server")
-    out.append((v, promote_on_pass(v, "care-server")))
+    out.append((v, promote_on_pass(v, "care-server", "staging")))
 print("REGISTERED", out)
 """
 

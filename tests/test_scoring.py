@@ -11,7 +11,9 @@ import torch
 from care.data.instrument import load_instrument
 from care.model.prompts import PromptBuilder, item_block, render_transcript
 from care.data.schema import Session, Turn
-from care.evaluation.torch_scoring import ItemScore, SessionScore, parse_score, rationale_quality, readout, score_sessions
+from care.evaluation.rationale_quality import rationale_quality
+from care.evaluation.readout import ItemScore, SessionScore, parse_score, readout
+from care.evaluation.torch_scoring import score_sessions
 from care.model.tiny import random_model, train_tokenizer
 
 ZH_CHARS = "我你他她的了是在有不这个们来到时大地为上和也要就出会可以说生对年着能过工作压力睡觉焦虑沟通领导家人朋友感觉咨询师"

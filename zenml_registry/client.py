@@ -42,7 +42,6 @@ from care.fsutil import atomic_dir  # noqa: E402
 from care.release.manifest import MANIFEST, read_manifest, verify_package  # noqa: E402
 from care.registry.promotion import STAGES, Decision, decide_promotion, key_metrics, registry_metadata  # noqa: E402
 
-DEFAULT_MODEL_NAME = "care-alliance"
 PACKAGES_DIR = "care-packages"
 _COPY_CHUNK = 1 << 22
 
@@ -203,7 +202,7 @@ def _package_artifact(uri: str, model_name: str, metadata: dict[str, Any]):
         raise
 
 
-def register_package(package_dir: str | Path, model_name: str = DEFAULT_MODEL_NAME,
+def register_package(package_dir: str | Path, model_name: str,
                      metadata: dict[str, Any] | None = None) -> int:
     """Register a release package as a model version; return the version number.
 
@@ -255,7 +254,7 @@ def _holder(client: Client, model_name: str, stage: str):
     return page.items[0] if page.items else None
 
 
-def promote(version: str | int, stage: str, model_name: str = DEFAULT_MODEL_NAME, force: bool = False) -> Decision:
+def promote(version: str | int, stage: str, model_name: str, force: bool = False) -> Decision:
     """Move a version to `stage` when the rules in care.registry.promotion allow; raise CareError otherwise.
 
     The refusal's Decision (with the comparison table) is attached to the error as `.decision`.
@@ -279,7 +278,7 @@ def promote(version: str | int, stage: str, model_name: str = DEFAULT_MODEL_NAME
     return decision
 
 
-def promote_on_pass(version: str | int, model_name: str = DEFAULT_MODEL_NAME, stage: str = "staging") -> str | None:
+def promote_on_pass(version: str | int, model_name: str, stage: str) -> str | None:
     """Move a version whose gate passed to `stage` (default staging); return the stage, or None when not moved."""
     if stage == "none":
         return None
@@ -307,7 +306,7 @@ def _summary(mv) -> dict[str, Any]:
     }
 
 
-def list_versions(model_name: str = DEFAULT_MODEL_NAME) -> list[dict[str, Any]]:
+def list_versions(model_name: str) -> list[dict[str, Any]]:
     client = Client()
     _get_model(client, model_name)
     out, page = [], 1
@@ -319,7 +318,7 @@ def list_versions(model_name: str = DEFAULT_MODEL_NAME) -> list[dict[str, Any]]:
         page += 1
 
 
-def show_version(model_name: str = DEFAULT_MODEL_NAME, version: str | int | None = None,
+def show_version(model_name: str, version: str | int | None = None,
                  stage: str | None = None) -> dict[str, Any]:
     client = Client()
     mv = _resolve_version(client, model_name, version=version, stage=stage)
@@ -338,7 +337,7 @@ def _package_location(client: Client, mv, model_name: str):
     return av
 
 
-def pull_package(out: str | Path, model_name: str = DEFAULT_MODEL_NAME, version: str | int | None = None,
+def pull_package(out: str | Path, model_name: str, version: str | int | None = None,
                  stage: str | None = None) -> dict[str, Any]:
     """Copy a version's package to `out`, verified; nothing is left at `out` (or beside it) on failure."""
     out = Path(out)

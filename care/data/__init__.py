@@ -1,0 +1,1 @@
+"""Annotation data: the format (schema), instruments, reading, validation, intake, folds, importers, synthetic corpus."""

@@ -100,3 +100,8 @@ def folds_document(folds: list[list[str]], sessions: Iterable[Session], seed: in
         entry["clients"] = len({client.get(sid, f"session:{sid}") for sid in fold})
         out.append(entry)
     return {"n_folds": len(folds), "seed": seed, "folds": out}
+
+
+def plan_folds(sessions: list[Session], instrument: Instrument, n_folds: int, seed: int) -> dict:
+    """`make_folds` as the folds document every later step reads."""
+    return folds_document(make_folds(sessions, instrument, n_folds, seed), sessions, seed)

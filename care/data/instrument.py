@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
+from typing import Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -89,9 +90,13 @@ class Instrument(BaseModel):
                 return i
         raise KeyError(item_id)
 
-    def dimension_scores(self, ratings: dict[str, float]) -> dict[str, float]:
-        """Each dimension's score: the mean of its items' ratings."""
-        return {d: sum(ratings[i] for i in ids) / len(ids) for d, ids in self.items_by_dimension.items()}
+    def dimension_scores(self, item_values: Mapping[str, float | None]) -> dict[str, float | None]:
+        """Each dimension's score: the mean of its items' values; None where any of them is None."""
+        out: dict[str, float | None] = {}
+        for dim, ids in self.items_by_dimension.items():
+            values = [item_values[i] for i in ids]
+            out[dim] = None if any(v is None for v in values) else sum(values) / len(values)
+        return out
 
 
 def load_instrument(ref: str | Path | None = None) -> Instrument:
@@ -136,3 +141,13 @@ def instrument_path(ref: str | Path | None = None) -> Path | None:
     if str(ref) in BUILTIN:
         return Path(str(resources.files("care.data.instruments").joinpath(BUILTIN[str(ref)])))
     return Path(ref)
+
+
+def instrument_digest(ref: str | Path | None = None) -> str:
+    """sha256 of the instrument file's bytes (what cache keys and the run's data check record)."""
+    import hashlib
+
+    path = instrument_path(ref)
+    if path is None or not path.is_file():
+        raise CareError(f"{path}: instrument file not found")
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -78,7 +78,12 @@ def read_jsonl(path: str | Path) -> ParsedFile:
         raise CareError(f"{path}: no such file")
     if not path.is_file():
         raise CareError(f"{path}: not a file")
-    raw = path.read_bytes()
+    return parse_jsonl(path.read_bytes(), path)
+
+
+def parse_jsonl(raw: bytes, path: str | Path) -> ParsedFile:
+    """`read_jsonl` on bytes already read (`path` names them in problems), e.g. bytes whose sha256 was checked."""
+    path = Path(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

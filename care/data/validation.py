@@ -324,6 +324,20 @@ def _instrument(ref: str | Path | Instrument | None) -> Instrument:
     return ref if isinstance(ref, Instrument) else load_instrument(ref)
 
 
+def validate_parsed(parsed: ParsedFile, instrument: Instrument, ratings_required: bool = True) -> ValidationResult:
+    """Every structural and rule problem of an already parsed file, sorted by line."""
+    problems = sort_problems(parsed.problems + validate_sessions(parsed, instrument, ratings_required))
+    return ValidationResult(
+        path=parsed.path,
+        n_lines=parsed.n_lines,
+        n_sessions=len(parsed.sessions),
+        problems=problems,
+        sessions=parsed.sessions,
+        lines=parsed.lines,
+        instrument=instrument.name,
+    )
+
+
 def validate_file(
     path: str | Path,
     instrument: str | Path | Instrument | None = None,
@@ -346,16 +360,7 @@ def validate_file(
             atomic_write_json(report_path, {"file": str(path), "instrument": inst.name, "valid": False,
                                             "error": str(exc), "n_problems": 1, "problems": []})
         raise
-    problems = sort_problems(parsed.problems + validate_sessions(parsed, inst, ratings_required))
-    result = ValidationResult(
-        path=parsed.path,
-        n_lines=parsed.n_lines,
-        n_sessions=len(parsed.sessions),
-        problems=problems,
-        sessions=parsed.sessions,
-        lines=parsed.lines,
-        instrument=inst.name,
-    )
+    result = validate_parsed(parsed, inst, ratings_required)
     if report_path is not None:
         from care.fsutil import atomic_write_json
 

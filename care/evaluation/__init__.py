@@ -1,0 +1,1 @@
+"""Evaluation: reading scores from logits, PyTorch scoring, metrics, baselines, rationale quality, gate, plots."""

@@ -1,0 +1,1 @@
+"""Models: presets and the tiny base, prompts, session packing, the loss and fine-tuning."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from care.errors import CareError
+from care.model.loss import weighted_ce
 from care.model.prompts import IGNORE_INDEX, Example
 
 MASK_IMPLEMENTATIONS = ("sdpa", "eager")  # attention kernels that take an arbitrary 4-D mask
@@ -96,20 +97,6 @@ def block_mask(blocks, implementation: str, dtype):
         return allowed[None, None]
     additive = torch.zeros((n, n), dtype=dtype, device=b.device)
     return additive.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
-
-
-def token_weights(labels, score_weight: float):
-    """Per-token loss weights for next-token targets `labels` (1-D): 1 on targets, `score_weight` on the
-    first target token of each item (its score digit), 0 elsewhere."""
-    import torch
-
-    valid = labels != IGNORE_INDEX
-    weights = valid.float()
-    if score_weight != 1.0:
-        starts = valid.clone()
-        starts[1:] &= ~valid[:-1]
-        weights = weights + (score_weight - 1.0) * starts.float()
-    return weights
 
 
 @dataclass
@@ -205,7 +192,6 @@ def packed_loss(model, packed: PackedSession, device, score_weight: float = 1.0)
     """(weighted sum of target-token cross-entropy, weighted target count) of one packed session; the
     same numbers `training.target_loss` gives for its per-item examples batched together."""
     import torch
-    import torch.nn.functional as F
 
     implementation = _config(model)._attn_implementation or "eager"
     ids = torch.tensor([packed.input_ids], dtype=torch.long, device=device)
@@ -223,7 +209,4 @@ def packed_loss(model, packed: PackedSession, device, score_weight: float = 1.0)
     logits = out.logits[0]
     if logits.shape[0] != keep.numel():  # a model without logits_to_keep support: all positions came back
         logits = logits[keep]
-    targets = next_labels[keep]
-    weights = token_weights(next_labels, score_weight)[keep]
-    ce = F.cross_entropy(logits.float(), targets, reduction="none")
-    return (ce * weights).sum(), float(weights.sum())
+    return weighted_ce(logits, next_labels, keep, score_weight)

@@ -24,8 +24,6 @@ from typing import Sequence
 from care.errors import CareError
 from care.params import Params
 
-# Bump when the tiny build's code changes in a way that changes the built model.
-TINY_BUILD_VERSION = "2"
 TINY_CORPUS_SEED = 10_000
 BASE_CARD = "care_base.json"  # written into every tiny build: marks it and records how it was made
 
@@ -56,11 +54,15 @@ def _languages(params: Params, languages: Sequence[str] | None) -> list[str]:
 
 
 def tiny_key(params: Params, languages: Sequence[str] | None = None) -> str:
-    """Cache key of a tiny build: its params, the build code version, the instrument and the languages."""
+    """Cache key of a tiny build: its params, the source it is built from (this module and every `care`
+    module it imports: the synthetic corpus, the prompts), the instrument file's content and the languages."""
+    from care.cache import source_digest
+    from care.data.instrument import instrument_digest
+
     blob = {
         "tiny": params.model.tiny.model_dump(mode="json"),
-        "version": TINY_BUILD_VERSION,
-        "instrument": params.data.instrument,
+        "source": source_digest(__name__),
+        "instrument": instrument_digest(params.data.instrument),
         "languages": _languages(params, languages),
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
@@ -225,7 +227,7 @@ def _build_tiny_into(params: Params, langs: list[str], out: Path) -> dict:
     tail = losses[-max(1, steps // 10):]
     return {
         "preset": "tiny",
-        "build_version": TINY_BUILD_VERSION,
+        "key": tiny_key(params, langs),
         "languages": langs,
         "instrument": params.data.instrument,
         "tiny": tiny.model_dump(mode="json"),

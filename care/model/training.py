@@ -5,9 +5,10 @@ once (care.model.packing; a step holds whole sessions, about `batch_size x grad_
 the examples themselves, in micro-batches of `batch_size` that, with `share_prefix`, reuse one encoding
 of the transcript per micro-batch. Both give the same loss for the same examples.
 
-The loss is the mean cross-entropy over target tokens only: the prompt already carries IGNORE_INDEX in
-`Example.labels`, padding is masked by position, and logits are computed only at the positions that
-predict a target token (the LM head over the whole transcript would cost as much as the layers).
+The loss is the mean cross-entropy over target tokens only (`care.model.loss`, the score digit weighted by
+`train.score_weight`): the prompt already carries IGNORE_INDEX in `Example.labels`, padding is masked by
+position, and logits are computed only at the positions that predict a target token (the LM head over the
+whole transcript would cost as much as the layers).
 
 Runs under `accelerate` (bf16 mixed precision on CUDA, none on CPU; `accelerate launch` for several
 GPUs). On CPU the same seed and data give bit-identical weights. Outputs are safetensors only.
@@ -24,8 +25,9 @@ from pathlib import Path
 
 from care.errors import CareError
 from care.params import Params
+from care.model.loss import target_weight, weighted_ce
 from care.model.packing import (PackedSession, pack_by_session, packed_loss, restore_attention, shared_prefix_length,
-                          use_packed_attention)
+                                use_packed_attention)
 from care.model.prompts import IGNORE_INDEX, Example
 
 STATS_FILE = "train_stats.json"
@@ -123,36 +125,12 @@ def collate(examples: list[Example], pad_id: int):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _weighted_ce(logits, targets, score_weight: float):
-    """(sum of token cross-entropies, with each row's first target token (the score digit) weighted by
-    `score_weight`; the matching weighted token count)."""
-    import torch
-
-    ce = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                           ignore_index=IGNORE_INDEX, reduction="none").reshape(targets.shape)
-    valid = targets != IGNORE_INDEX
-    weights = valid.float()
-    if score_weight != 1.0:
-        first = valid & (valid.long().cumsum(dim=1) == 1)
-        weights = weights + (score_weight - 1.0) * first.float()
-    return (ce * weights).sum(), float(weights.sum())
-
-
-def target_weight(examples: list[Example], score_weight: float) -> float:
-    """The weighted target-token count of `examples` (the loss normaliser for a step)."""
-    n = sum(sum(1 for x in e.labels[1:] if x != IGNORE_INDEX) for e in examples)
-    return n + (score_weight - 1.0) * len(examples)
-
-
 def target_loss(model, batch, score_weight: float = 1.0) -> tuple["torch.Tensor", float]:  # noqa: F821
     """(sum of target-token cross-entropy, number of target tokens) for one batch; with `score_weight`
     the score digit (each row's first target token) counts that many times in both.
 
     Logits are computed only at positions that predict a target token (the union over the batch).
     """
-    import torch
-    import torch.nn.functional as F
-
     labels = batch["labels"]
     next_labels = labels[:, 1:]
     positions = (next_labels != IGNORE_INDEX).any(dim=0).nonzero(as_tuple=True)[0]
@@ -164,7 +142,7 @@ def target_loss(model, batch, score_weight: float = 1.0) -> tuple["torch.Tensor"
     logits = out.logits
     if logits.shape[1] != positions.numel():  # a model without logits_to_keep support: all positions came back
         logits = logits[:, positions]
-    return _weighted_ce(logits, next_labels[:, positions], score_weight)
+    return weighted_ce(logits, next_labels, positions, score_weight)
 
 
 def shared_prefix_loss(model, examples: list[Example], pad_id: int, device,
@@ -199,7 +177,7 @@ def shared_prefix_loss(model, examples: list[Example], pad_id: int, device,
     logits = out.logits
     if logits.shape[1] != positions.numel():
         logits = logits[:, positions]
-    return _weighted_ce(logits, next_labels[:, positions], score_weight)
+    return weighted_ce(logits, next_labels, positions, score_weight)
 
 
 def _scheduler(optimizer, kind: str, total: int, warmup: int):

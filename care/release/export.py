@@ -108,8 +108,9 @@ def check_parity(merged_dir: str | Path, onnx_dir: str | Path, sessions: list[Se
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from care.release.onnx_runtime import answer_logits, open_model_dir
+    from care.evaluation.readout import digit_distribution
     from care.model.prompts import PromptBuilder
+    from care.release.onnx_runtime import answer_logits, open_model_dir
 
     if not sessions:
         raise CareError("parity check needs at least one session")
@@ -118,12 +119,9 @@ def check_parity(merged_dir: str | Path, onnx_dir: str | Path, sessions: list[Se
     tdev = torch.device("cuda" if device == "cuda" else "cpu")
     model = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32, use_safetensors=True).to(tdev).eval()
     points = np.asarray(instrument.scale.points, dtype=np.float64)
-    digits = pkg.builder.digit_ids
 
     def expected(logits):
-        d = logits[:, digits]
-        p = np.exp(d - d.max(-1, keepdims=True))
-        return (p / p.sum(-1, keepdims=True)) @ points
+        return digit_distribution(logits, pkg.builder.digit_ids) @ points
 
     logit_diff = score_diff = 0.0
     n_items = 0

@@ -8,12 +8,7 @@ file against the manifest BEFORE anything is loaded and refuses a mismatch.
 `tokenizers` library and jinja2 (the same sandboxed environment and globals as transformers' chat templates),
 so prompts are the same token ids as in training (tests/test_score_cli.py checks this).
 
-Scoring reads the same numbers as `care.evaluation.torch_scoring` (the PyTorch path): per session the transcript prefix runs
-once; the item suffixes run in batches over the prefix key/values repeated across the batch, left-padded so
-that every item's answer position is the last one (position ids continue the prefix; the padding is masked).
-Expected score and distribution come from the softmax over the scale-digit logits, the greedy score from the
-argmax over the whole vocabulary (a few more greedy tokens are parsed when it is not a digit), and optional
-rationales from bounded greedy decoding that reuses the batch's cache.
+Scoring is `care.evaluation.readout` (the same code as the PyTorch path) with `OnnxLM` as its backend.
 """
 
 from __future__ import annotations
@@ -27,11 +22,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from care.errors import CareError
 from care.data.instrument import Instrument, load_instrument
-from care.model.prompts import EncodedSession, PromptBuilder
 from care.data.schema import Session
-from care.evaluation.torch_scoring import FALLBACK_TOKENS, ItemScore, SessionScore, _session_score, parse_score
+from care.errors import CareError
+from care.evaluation import readout
+from care.evaluation.readout import SessionScore, item_batches, pad_id
+from care.model.prompts import PromptBuilder
 
 MODEL_FILE = "model.onnx"
 INSTRUMENT_FILE = "instrument.yaml"
@@ -143,7 +139,7 @@ def default_threads() -> int:
 
 
 class OnnxLM:
-    """An exported decoder (`text-generation-with-past`) on ONNX Runtime: one call = one forward pass."""
+    """An exported decoder (`text-generation-with-past`) on ONNX Runtime, as a `readout.Backend`."""
 
     def __init__(self, model_path: str | Path, device: str = "cpu", threads: int | None = None):
         os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -178,7 +174,10 @@ class OnnxLM:
     def empty_past(self, batch: int) -> list[np.ndarray]:
         return [np.zeros((batch, self.kv_heads, 0, self.head_dim), self.kv_dtype) for _ in self.past_names]
 
-    def __call__(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list[np.ndarray]):
+    def expand(self, past: list[np.ndarray], batch: int) -> list[np.ndarray]:
+        return past if batch == 1 else [np.repeat(kv, batch, axis=0) for kv in past]
+
+    def forward(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list[np.ndarray]):
         """Last-position logits (batch, vocab) in float64, and the present key/values."""
         feed = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64),
                 "position_ids": positions.astype(np.int64), **dict(zip(self.past_names, past))}
@@ -238,124 +237,11 @@ def open_model_dir(root: str | Path, instrument: Instrument, max_length: int, re
 # ---------------------------------------------------------------------------------------------- scoring
 
 
-class _Reader:
-    """Turns answer-position logits into item scores, exactly as `care.evaluation.torch_scoring` does."""
-
-    def __init__(self, pkg_tokenizer, builder: PromptBuilder, eos_ids: set[int]):
-        self.tokenizer = pkg_tokenizer
-        self.digit_ids = list(builder.digit_ids)
-        self.points = builder.instrument.scale.points
-        self.eos = eos_ids
-        self.pad_id = pkg_tokenizer.pad_token_id if pkg_tokenizer.pad_token_id is not None else pkg_tokenizer.eos_token_id
-
-    def answers(self, logits: np.ndarray) -> list[dict[str, Any]]:
-        digit = logits[:, self.digit_ids]
-        dist = np.exp(digit - digit.max(-1, keepdims=True))
-        dist /= dist.sum(-1, keepdims=True)
-        top = logits.max(-1, keepdims=True)
-        lse = top[:, 0] + np.log(np.exp(logits - top).sum(-1))
-        mass = np.exp(digit - lse[:, None]).sum(-1)
-        expected = dist @ np.asarray(self.points, dtype=np.float64)
-        first = logits.argmax(-1)
-        return [{"expected": float(expected[b]), "distribution": [float(x) for x in dist[b]],
-                 "digit_mass": float(mass[b]), "first": int(first[b])} for b in range(logits.shape[0])]
-
-    def steps(self, answers: list[dict[str, Any]], rationales: bool, max_new_tokens: int) -> int:
-        if rationales:
-            return max(max_new_tokens - 1, 0)
-        return FALLBACK_TOKENS if any(a["first"] not in self.digit_ids for a in answers) else 0
-
-    def item(self, item_id: str, answer: dict[str, Any], generated: list[int] | None, rationales: bool) -> ItemScore:
-        first = answer["first"]
-        if first in self.digit_ids:
-            greedy, ok = self.points[self.digit_ids.index(first)], True
-        else:
-            head = (generated or [first])[: 1 + FALLBACK_TOKENS]
-            greedy, ok = parse_score(self.tokenizer.decode(head, skip_special_tokens=True), self.points), False
-        rationale = None
-        if rationales:
-            text = self.tokenizer.decode(generated or [first], skip_special_tokens=True)
-            rationale = text.split("\n", 1)[1].strip() if "\n" in text else ""
-        return ItemScore(item_id, answer["expected"], answer["distribution"], answer["digit_mass"], greedy, ok, rationale)
-
-
-def _greedy(lm: OnnxLM, reader: _Reader, past, mask, next_pos: np.ndarray, first: list[int], steps: int) -> list[list[int]]:
-    """Continue greedy decoding from a batch's cache; `first` is each row's first token. Stops after EOS."""
-    tokens = [[t] for t in first]
-    done = np.array([t in reader.eos for t in first])
-    current = np.asarray(first, dtype=np.int64)
-    for step in range(steps):
-        if done.all():
-            break
-        mask = np.concatenate([mask, np.ones((len(first), 1), np.int64)], axis=1)
-        logits, past = lm(current[:, None], mask, (next_pos + step)[:, None], past)
-        nxt = np.where(done, reader.pad_id, logits.argmax(-1))
-        for b in range(len(first)):
-            if not done[b]:
-                tokens[b].append(int(nxt[b]))
-        done |= np.isin(nxt, list(reader.eos))
-        current = nxt
-    return tokens
-
-
-def _item_batches(lm: OnnxLM, pad_id: int, enc: EncodedSession, item_ids: list[str], batch_size: int):
-    """Yield (items, suffix lengths, answer logits, present kv, mask) per batch of item suffixes over one prefix run."""
-    n = len(enc.prefix)
-    _, prefix_kv = lm(np.asarray([enc.prefix]), np.ones((1, n)), np.arange(n)[None, :], lm.empty_past(1))
-    for start in range(0, len(item_ids), batch_size):
-        batch = item_ids[start : start + batch_size]
-        bsz, lens = len(batch), np.array([len(enc.items[i]) for i in batch])
-        width = int(lens.max())
-        ids = np.full((bsz, width), pad_id, np.int64)
-        suffix_mask = np.zeros((bsz, width), np.int64)
-        positions = np.full((bsz, width), n, np.int64)
-        for b, item in enumerate(batch):  # left padding: every answer position is the last column
-            k = lens[b]
-            ids[b, width - k :] = enc.items[item]
-            suffix_mask[b, width - k :] = 1
-            positions[b, width - k :] = n + np.arange(k)
-        mask = np.concatenate([np.ones((bsz, n), np.int64), suffix_mask], axis=1)
-        past = prefix_kv if bsz == 1 else [np.repeat(kv, bsz, axis=0) for kv in prefix_kv]
-        logits, present = lm(ids, mask, positions, past)
-        yield batch, lens, logits, present, mask
-
-
-def _score_shared(lm: OnnxLM, reader: _Reader, enc: EncodedSession, item_ids: list[str], batch_size: int,
-                  rationales: bool, max_new_tokens: int) -> dict[str, ItemScore]:
-    out: dict[str, ItemScore] = {}
-    for batch, lens, logits, past, mask in _item_batches(lm, reader.pad_id, enc, item_ids, batch_size):
-        answers = reader.answers(logits)
-        steps = reader.steps(answers, rationales, max_new_tokens)
-        generated: list[list[int] | None] = [None] * len(batch)
-        if steps:
-            generated = _greedy(lm, reader, past, mask, len(enc.prefix) + lens, [a["first"] for a in answers], steps)
-        for b, item in enumerate(batch):
-            out[item] = reader.item(item, answers[b], generated[b], rationales)
-    return out
-
-
-def _score_each(lm: OnnxLM, reader: _Reader, enc: EncodedSession, item_ids: list[str], rationales: bool,
-                max_new_tokens: int) -> dict[str, ItemScore]:
-    """The reference: each item's full prompt on its own, no shared cache."""
-    out: dict[str, ItemScore] = {}
-    for item in item_ids:
-        prompt = enc.prefix + enc.items[item]
-        k = len(prompt)
-        mask = np.ones((1, k), np.int64)
-        logits, past = lm(np.asarray([prompt]), mask, np.arange(k)[None, :], lm.empty_past(1))
-        answers = reader.answers(logits)
-        steps = reader.steps(answers, rationales, max_new_tokens)
-        generated = _greedy(lm, reader, past, mask, np.array([k]), [answers[0]["first"]], steps)[0] if steps else None
-        out[item] = reader.item(item, answers[0], generated, rationales)
-    return out
-
-
 def answer_logits(pkg: Package, session: Session, batch_size: int = 16) -> tuple[list[str], np.ndarray]:
     """Item ids and their answer-position logits (items x vocab), through the shared-cache path (parity checks)."""
     enc = pkg.builder.encode(session)
-    pad = _Reader(pkg.tokenizer, pkg.builder, pkg.eos_ids).pad_id
     items, rows = [], []
-    for batch, _, logits, _, _ in _item_batches(pkg.lm, pad, enc, pkg.instrument.item_ids, batch_size):
+    for batch, _, logits, _, _ in item_batches(pkg.lm, enc, pkg.instrument.item_ids, batch_size, pad_id(pkg.tokenizer)):
         items += batch
         rows.append(logits)
     return items, np.concatenate(rows)
@@ -363,23 +249,10 @@ def answer_logits(pkg: Package, session: Session, batch_size: int = 16) -> tuple
 
 def score_sessions(pkg: Package, sessions: Iterable[Session], *, batch_size: int = 16, rationales: bool = False,
                    max_new_tokens: int = 96, shared_cache: bool = True, progress: bool = True) -> list[SessionScore]:
-    """Score every item of every session with the package's model (see the module docstring)."""
-    from tqdm.auto import tqdm
-
-    if batch_size < 1:
-        raise CareError(f"batch_size must be at least 1 (got {batch_size})")
-    sessions = list(sessions)
-    reader = _Reader(pkg.tokenizer, pkg.builder, pkg.eos_ids)
-    item_ids = pkg.instrument.item_ids
-    results = []
-    for session in tqdm(sessions, desc="scoring", unit="session", disable=not progress):
-        enc = pkg.builder.encode(session)
-        if shared_cache:
-            items = _score_shared(pkg.lm, reader, enc, item_ids, batch_size, rationales, max_new_tokens)
-        else:
-            items = _score_each(pkg.lm, reader, enc, item_ids, rationales, max_new_tokens)
-        results.append(_session_score(enc, pkg.instrument, items))
-    return results
+    """`readout.score_sessions` with the package's model."""
+    return readout.score_sessions(pkg.lm, pkg.builder, sessions, eos_ids=pkg.eos_ids, batch_size=batch_size,
+                                  rationales=rationales, max_new_tokens=max_new_tokens, shared_cache=shared_cache,
+                                  progress=progress)
 
 
 def result_record(score: SessionScore, instrument: Instrument, rationales: bool, ndigits: int = 6) -> dict[str, Any]:

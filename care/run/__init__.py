@@ -1,0 +1,1 @@
+"""One run, step by step: validated data, fits, fold evaluation, the report, the release build and the output files."""

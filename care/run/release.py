@@ -1,8 +1,7 @@
-"""After the gate: the final fit's model merged, exported, checked for parity and packaged."""
+"""After the gate: the final fit merged, exported to ONNX, checked for parity and packaged (care.release does each)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,11 +9,12 @@ from pathlib import Path
 import yaml
 
 from care.errors import CareError
-from care.data.instrument import instrument_path, load_instrument
+from care.data.instrument import instrument_path
+from care.cache import cache_root, digest
 from care.params import Params
-from care.run.workspace import cache_root, digest
-
-PROMPT_VERSION = "1"
+from care.release.manifest import MANIFEST, sha256_file
+from care.run.artifacts import ModelDir
+from care.run.data import DataRef
 
 
 def data_version(dvc_file: str | Path = "data.dvc") -> str | None:
@@ -36,30 +36,39 @@ def git_commit() -> str | None:
         return None
 
 
-def build_release(params: Params, fit_dir: str, cv: dict, gate: dict, data_summary: dict) -> str:
+def prompt_version() -> str:
+    """The prompt format's version: a digest of the code that renders prompts (never bumped by hand)."""
+    from care.cache import source_digest
+
+    return source_digest("care.model.prompts")[:12]
+
+
+def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir, cv: dict, gate: dict) -> ModelDir:
     """Merge (LoRA) or copy (full) the final model, export ONNX, check parity, write the package.
 
-    Refuses when the gate did not pass. Returns the package directory (params.release.out).
+    Refuses when the gate did not pass. The package is built under the cache (keyed by the fit and the
+    release params) and returned as a ModelDir keyed by its manifest's sha256.
     """
-    from care.run.crossval import load_data, _builder
     from care.model.presets import load_tokenizer
     from care.release import build_package, check_parity, export_onnx, merge_adapter
+    from care.run.data import load_data
+    from care.run.fits import ADAPTER, builder
 
     if not gate.get("passed"):
         raise CareError("the gate did not pass: nothing is exported")
-    sessions, instrument = load_data(params)
-    done = json.loads((Path(fit_dir) / "done.json").read_text("utf-8"))
-    work = cache_root() / "release" / digest([fit_dir, params.release.model_dump(mode="json")])[:24]
+    sessions, instrument = load_data(data)
+    work = cache_root() / "release" / digest([model.key, params.release.model_dump(mode="json")])[:24]
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    package = work / "package"
     try:
         rel = params.release
         held = sessions[: rel.parity_sessions]
-        tokenizer = load_tokenizer(done["base"])
-        builder = _builder(params, tokenizer, instrument)
-        check = [(e := builder.encode(s)).prefix + e.items[instrument.item_ids[0]] for s in held]
-        merge = merge_adapter(done["base"], Path(fit_dir) / "model", work / "merged", check, rel.merge_max_logit_diff)
+        tokenizer = load_tokenizer(base.path)
+        build = builder(params.fit, tokenizer, instrument)
+        check = [(e := build.encode(s)).prefix + e.items[instrument.item_ids[0]] for s in held]
+        merge = merge_adapter(base.path, Path(model.path) / ADAPTER, work / "merged", check, rel.merge_max_logit_diff)
         export = export_onnx(work / "merged", work / "onnx", device=rel.export_device)
         fp16 = rel.export_device == "cuda"
         parity = check_parity(
@@ -70,8 +79,8 @@ def build_release(params: Params, fit_dir: str, cv: dict, gate: dict, data_summa
         )
         metadata = {
             "data_version": data_version(),
-            "data_sha256": data_summary["sha256"],
-            "n_sessions": data_summary["n_sessions"],
+            "data_sha256": data.sha256,
+            "n_sessions": data.n_sessions,
             "git_commit": git_commit(),
             "params_digest": params.digest(),
             "base_model": params.model.base or params.model.preset,
@@ -85,10 +94,11 @@ def build_release(params: Params, fit_dir: str, cv: dict, gate: dict, data_summa
             "export": export,
             "parity": parity,
             "scoring": {"max_length": params.model.max_length, "reserve": params.model.target_tokens,
-                        "languages": data_summary["languages"], "prompt_version": PROMPT_VERSION,
+                        "languages": data.languages, "prompt_version": prompt_version(),
                         "readout": params.eval.readout},
         }
-        build_package(rel.out, work / "onnx", None, instrument_path(params.data.instrument), metadata)
+        build_package(package, work / "onnx", None, instrument_path(params.data.instrument), metadata)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return str(Path(rel.out).resolve())
+        for name in ("merged", "onnx"):
+            shutil.rmtree(work / name, ignore_errors=True)
+    return ModelDir(str(package), key=sha256_file(package / MANIFEST))

@@ -1,0 +1,265 @@
+"""Reading item scores off a causal LM, once for every backend (PyTorch and ONNX Runtime).
+
+Every (session, item) prompt ends where the score digit is the next token (see `care.model.prompts`). That
+position's logits give the distribution (softmax over the scale-digit logits), the expected score, the
+probability mass on the digits, and the greedy score: the argmax over the whole vocabulary, or, when that is
+not a digit, a few more greedy tokens decoded and parsed; what cannot be parsed stays None and is counted,
+never invented. Optional rationales come from bounded greedy decoding that reuses the prompt's cache.
+
+`shared_cache=True` runs the transcript prefix once per session and the item suffixes in batches over its
+key/values, left-padded so that every item's answer position is the last column (position ids continue the
+prefix; the padding is masked). `shared_cache=False` is the reference: each item's full prompt on its own.
+Both give the same numbers (tests/test_scoring.py, tests/test_score_cli.py).
+
+A backend (`Backend`) runs forward passes and hands back float64 numpy logits, so everything here is numpy.
+Nothing here logs transcript or rationale text; the only text in the results is the generated rationale.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Iterator, Literal, Protocol
+
+import numpy as np
+
+from care.data.instrument import Instrument
+from care.data.schema import Session
+from care.errors import CareError
+from care.model.prompts import EncodedSession, PromptBuilder
+
+FALLBACK_TOKENS = 4  # extra greedy tokens decoded when the answer-position argmax is not a scale digit
+
+_LEADING_DIGIT = re.compile(r"^\s*(\d)(?!\d)")
+
+
+@dataclass
+class ItemScore:
+    item_id: str
+    expected: float  # sum_k p_k * point_k, p = softmax over the scale-digit logits
+    distribution: list[float]  # p over the scale points, in scale order (sums to 1)
+    digit_mass: float  # probability the full-vocabulary softmax puts on the scale digits (sanity check)
+    greedy: int | None  # greedy score; None = the greedy text has no leading scale digit (unparsed)
+    greedy_text_ok: bool  # the answer-position argmax was itself a scale digit (the trained format)
+    rationale: str | None = None  # generated text after the first newline; None when not asked for
+
+
+@dataclass
+class SessionScore:
+    session_id: str
+    items: dict[str, ItemScore]
+    dimensions_expected: dict[str, float]
+    dimensions_greedy: dict[str, float | None]  # None when any item of the dimension is unparsed
+    truncated: bool = False  # the transcript was cut (its start dropped) to fit the context
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SessionScore":
+        items = {k: ItemScore(**v) for k, v in data["items"].items()}
+        return cls(**{**data, "items": items})
+
+
+class Backend(Protocol):
+    """A causal LM with a key/value cache, as the scoring loop drives it."""
+
+    def forward(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Any) -> tuple[np.ndarray, Any]:
+        """One pass over `ids` (batch, n) after `past`; `mask` covers past + ids. Returns the last position's
+        logits (batch, vocab) in float64 and the present key/values (`past` may be updated in place)."""
+
+    def expand(self, past: Any, batch: int) -> Any:
+        """A batch-1 `past` over `batch` rows, which `forward` may update without touching the original."""
+
+    def empty_past(self, batch: int) -> Any:
+        """The past of no tokens."""
+
+
+@dataclass(frozen=True)
+class _Answer:
+    expected: float
+    distribution: list[float]
+    digit_mass: float
+    first: int  # the whole-vocabulary argmax: the first greedy token
+
+
+def parse_score(text: str, points: list[int]) -> int | None:
+    """The scale point a greedy text starts with (after optional whitespace), or None."""
+    m = _LEADING_DIGIT.match(text)
+    if m is None:
+        return None
+    value = int(m.group(1))
+    return value if value in points else None
+
+
+def pad_id(tokenizer) -> int:
+    """The id that fills padding: the tokenizer's pad token, else its EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def digit_distribution(logits: np.ndarray, digit_ids: list[int]) -> np.ndarray:
+    """Per row of answer logits, the softmax over the scale-digit logits (float64)."""
+    digit = np.asarray(logits, dtype=np.float64)[:, np.asarray(digit_ids)]
+    p = np.exp(digit - digit.max(-1, keepdims=True))
+    return p / p.sum(-1, keepdims=True)
+
+
+def _read_answers(logits: np.ndarray, digit_ids: list[int], points: list[int]) -> list[_Answer]:
+    dist = digit_distribution(logits, digit_ids)
+    expected = dist @ np.asarray(points, dtype=np.float64)
+    top = logits.max(-1, keepdims=True)
+    lse = top + np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    mass = np.exp(logits[:, np.asarray(digit_ids)] - lse).sum(-1)
+    first = logits.argmax(-1)
+    return [_Answer(float(expected[b]), [float(x) for x in dist[b]], float(mass[b]), int(first[b]))
+            for b in range(logits.shape[0])]
+
+
+def _generation_steps(answers: list[_Answer], digit_ids: list[int], rationales: bool, max_new_tokens: int) -> int:
+    if rationales:
+        return max(max_new_tokens - 1, 0)
+    return FALLBACK_TOKENS if any(a.first not in digit_ids for a in answers) else 0
+
+
+def _continue_greedy(backend: Backend, past, mask: np.ndarray, next_pos: np.ndarray, first: list[int], steps: int,
+                     eos_ids: list[int], pad: int) -> list[list[int]]:
+    """Greedy decoding after prompts held in `past`: `first` plus up to `steps` tokens per row, stopping after EOS.
+
+    `next_pos` holds each row's next position id (its real prompt length).
+    """
+    tokens = [[t] for t in first]
+    current = np.asarray(first, dtype=np.int64)
+    done = np.isin(current, eos_ids)
+    for step in range(steps):
+        if done.all():
+            break
+        mask = np.concatenate([mask, np.ones((len(first), 1), np.int64)], axis=1)
+        logits, past = backend.forward(current[:, None], mask, (next_pos + step)[:, None], past)
+        nxt = np.where(done, pad, logits.argmax(-1))
+        for b in np.flatnonzero(~done):
+            tokens[b].append(int(nxt[b]))
+        done |= np.isin(nxt, eos_ids)
+        current = nxt
+    return tokens
+
+
+def _item_score(builder: PromptBuilder, item_id: str, answer: _Answer, generated: list[int] | None,
+                rationales: bool) -> ItemScore:
+    digit_ids, points, decode = builder.digit_ids, builder.instrument.scale.points, builder.tokenizer.decode
+    tokens = generated or [answer.first]
+    if answer.first in digit_ids:
+        greedy, text_ok = points[digit_ids.index(answer.first)], True
+    else:
+        greedy, text_ok = parse_score(decode(tokens[: 1 + FALLBACK_TOKENS], skip_special_tokens=True), points), False
+    rationale = None
+    if rationales:
+        text = decode(tokens, skip_special_tokens=True)
+        rationale = text.split("\n", 1)[1].strip() if "\n" in text else ""
+    return ItemScore(item_id, answer.expected, answer.distribution, answer.digit_mass, greedy, text_ok, rationale)
+
+
+def item_batches(backend: Backend, enc: EncodedSession, item_ids: list[str], batch_size: int,
+                 pad: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, Any, np.ndarray]]:
+    """Per batch of item suffixes over one prefix pass: (item ids, prompt lengths, answer logits, present, mask)."""
+    n = len(enc.prefix)
+    _, prefix_past = backend.forward(np.asarray([enc.prefix], np.int64), np.ones((1, n), np.int64),
+                                     np.arange(n)[None, :], backend.empty_past(1))
+    for start in range(0, len(item_ids), batch_size):
+        batch = item_ids[start : start + batch_size]
+        bsz, lens = len(batch), np.array([len(enc.items[i]) for i in batch])
+        width = int(lens.max())
+        ids = np.full((bsz, width), pad, np.int64)
+        suffix_mask = np.zeros((bsz, width), np.int64)
+        positions = np.full((bsz, width), n, np.int64)
+        for b, item in enumerate(batch):
+            k = lens[b]
+            ids[b, width - k :] = enc.items[item]
+            suffix_mask[b, width - k :] = 1
+            positions[b, width - k :] = n + np.arange(k)
+        mask = np.concatenate([np.ones((bsz, n), np.int64), suffix_mask], axis=1)
+        logits, present = backend.forward(ids, mask, positions, backend.expand(prefix_past, bsz))
+        yield batch, n + lens, logits, present, mask
+
+
+def _score_shared(backend: Backend, builder: PromptBuilder, enc: EncodedSession, eos_ids: list[int], batch_size: int,
+                  rationales: bool, max_new_tokens: int) -> dict[str, ItemScore]:
+    pad, out = pad_id(builder.tokenizer), {}
+    points = builder.instrument.scale.points
+    for batch, lens, logits, past, mask in item_batches(backend, enc, builder.instrument.item_ids, batch_size, pad):
+        answers = _read_answers(logits, builder.digit_ids, points)
+        steps = _generation_steps(answers, builder.digit_ids, rationales, max_new_tokens)
+        generated: list[list[int] | None] = [None] * len(batch)
+        if steps:
+            generated = _continue_greedy(backend, past, mask, lens, [a.first for a in answers], steps, eos_ids, pad)
+        for b, item in enumerate(batch):
+            out[item] = _item_score(builder, item, answers[b], generated[b], rationales)
+    return out
+
+
+def _score_each(backend: Backend, builder: PromptBuilder, enc: EncodedSession, eos_ids: list[int], rationales: bool,
+                max_new_tokens: int) -> dict[str, ItemScore]:
+    pad, out = pad_id(builder.tokenizer), {}
+    for item in builder.instrument.item_ids:
+        prompt = enc.prefix + enc.items[item]
+        k = len(prompt)
+        mask = np.ones((1, k), np.int64)
+        logits, past = backend.forward(np.asarray([prompt], np.int64), mask, np.arange(k)[None, :], backend.empty_past(1))
+        answer = _read_answers(logits, builder.digit_ids, builder.instrument.scale.points)[0]
+        steps = _generation_steps([answer], builder.digit_ids, rationales, max_new_tokens)
+        generated = None
+        if steps:
+            generated = _continue_greedy(backend, past, mask, np.array([k]), [answer.first], steps, eos_ids, pad)[0]
+        out[item] = _item_score(builder, item, answer, generated, rationales)
+    return out
+
+
+def _session_score(enc: EncodedSession, instrument: Instrument, items: dict[str, ItemScore]) -> SessionScore:
+    ordered = {i: items[i] for i in instrument.item_ids}
+    expected = instrument.dimension_scores({i: s.expected for i, s in ordered.items()})
+    greedy = instrument.dimension_scores({i: s.greedy for i, s in ordered.items()})
+    return SessionScore(enc.session_id, ordered, expected, greedy, enc.truncated)
+
+
+def score_sessions(backend: Backend, builder: PromptBuilder, sessions: Iterable[Session], *, eos_ids: Iterable[int],
+                   batch_size: int = 16, rationales: bool = False, max_new_tokens: int = 96, shared_cache: bool = True,
+                   progress: bool = True) -> list[SessionScore]:
+    """Score every item of every session (see the module docstring); `eos_ids` end greedy decoding."""
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise CareError(f"batch_size must be at least 1 (got {batch_size})")
+    sessions = list(sessions)
+    eos = sorted(set(eos_ids))
+    results = []
+    for session in tqdm(sessions, desc="scoring", unit="session", disable=not progress):
+        enc = builder.encode(session)
+        if shared_cache:
+            items = _score_shared(backend, builder, enc, eos, batch_size, rationales, max_new_tokens)
+        else:
+            items = _score_each(backend, builder, enc, eos, rationales, max_new_tokens)
+        results.append(_session_score(enc, builder.instrument, items))
+    return results
+
+
+def readout(scores: list[SessionScore], instrument: Instrument, mode: Literal["expected", "greedy"] = "expected"):
+    """Predictions per item and per dimension, and how many item scores were unparsed (greedy mode only).
+
+    Returns (item_preds {session_id: {item: float | None}}, dim_preds {session_id: {dim: float | None}},
+    n_unparsed). In greedy mode an unparsed item is None and its dimension is None; callers must count or
+    drop those sessions, never fill them in.
+    """
+    if mode not in ("expected", "greedy"):
+        raise CareError(f"unknown readout mode {mode!r} (expected or greedy)")
+    item_preds: dict[str, dict[str, float | None]] = {}
+    dim_preds: dict[str, dict[str, float | None]] = {}
+    n_unparsed = 0
+    for s in scores:
+        if mode == "expected":
+            item_preds[s.session_id] = {i: s.items[i].expected for i in instrument.item_ids}
+            dim_preds[s.session_id] = {d: s.dimensions_expected[d] for d in instrument.dimensions}
+        else:
+            preds = {i: None if s.items[i].greedy is None else float(s.items[i].greedy) for i in instrument.item_ids}
+            n_unparsed += sum(v is None for v in preds.values())
+            item_preds[s.session_id] = preds
+            dim_preds[s.session_id] = {d: s.dimensions_greedy[d] for d in instrument.dimensions}
+    return item_preds, dim_preds, n_unparsed

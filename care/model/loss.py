@@ -1,0 +1,40 @@
+"""The training loss: cross-entropy over target tokens, each item's score digit weighted.
+
+Every target starts with its score digit; with `score_weight` that token counts `score_weight` times, in the
+loss sum and in the normaliser alike. One rule for both layouts: per-item batches (`care.model.training`) and
+packed sessions (`care.model.packing`).
+"""
+
+from __future__ import annotations
+
+from care.model.prompts import IGNORE_INDEX, Example
+
+
+def token_weights(next_labels, score_weight: float):
+    """Loss weights for next-token targets (along the last dimension): 0 on IGNORE_INDEX, 1 on targets,
+    `score_weight` on the first token of each run of targets (an item's score digit)."""
+    valid = next_labels != IGNORE_INDEX
+    weights = valid.float()
+    if score_weight != 1.0:
+        starts = valid.clone()
+        starts[..., 1:] &= ~valid[..., :-1]
+        weights = weights + (score_weight - 1.0) * starts.float()
+    return weights
+
+
+def weighted_ce(logits, next_labels, keep, score_weight: float):
+    """(weighted sum of cross-entropies, weighted target count) of `logits` (..., len(keep), vocab) predicting
+    `next_labels[..., keep]`, weighted by `token_weights` of the whole `next_labels`."""
+    import torch.nn.functional as F
+
+    targets = next_labels[..., keep]
+    weights = token_weights(next_labels, score_weight)[..., keep]
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+                         reduction="none").reshape(targets.shape)
+    return (ce * weights).sum(), float(weights.sum())
+
+
+def target_weight(examples: list[Example], score_weight: float) -> float:
+    """The weighted target-token count of `examples` (the loss normaliser for a step)."""
+    n = sum(sum(1 for x in e.labels[1:] if x != IGNORE_INDEX) for e in examples)
+    return n + (score_weight - 1.0) * len(examples)

@@ -1,0 +1,102 @@
+"""The data of one run: validated once, then read by every later step only if its bytes are unchanged.
+
+`validate_data` runs the full Great Expectations suite and records the file's and the instrument's sha256
+in a `DataRef`. Every later step calls `load_data(ref)`: it reads the file once, checks the sha256 of the
+bytes it read (cheap) and parses those same bytes with the schema only. Data that changed after validation
+(an intake between folds, say) is refused, never trained or scored on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from care.data.instrument import Instrument, instrument_digest, load_instrument
+from care.data.schema import Session
+from care.errors import CareError
+from care.params import DataParams
+
+
+class DataRef(BaseModel):
+    """What the run validated: where the data is, its digest, and counts (no text)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    sha256: str
+    limit: int | None
+    instrument: str
+    instrument_sha256: str
+    n_sessions: int
+    n_clients: int
+    n_with_counselor_ratings: int
+    n_with_rationales: int
+    languages: list[str]
+
+
+class DataChanged(CareError):
+    """The data (or instrument) differs from what the run validated."""
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CareError(f"{path}: cannot read the data ({type(exc).__name__})") from None
+
+
+def _limited(sessions: list[Session], limit: int | None) -> list[Session]:
+    return sessions if limit is None else sessions[:limit]
+
+
+def validate_data(data: DataParams) -> DataRef:
+    """Validate `data.path` with every rule (Great Expectations) and record what was validated."""
+    from care.data.reader import parse_jsonl
+    from care.data.validation import validate_parsed
+
+    path = Path(data.path)
+    raw = _read(path)
+    instrument = load_instrument(data.instrument)
+    result = validate_parsed(parse_jsonl(raw, path), instrument)
+    if result.problems:
+        from care.errors import InvalidData
+
+        raise InvalidData(result.problems)
+    sessions = _limited(result.sessions, data.limit)
+    return DataRef(
+        path=str(path),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        limit=data.limit,
+        instrument=data.instrument,
+        instrument_sha256=instrument_digest(data.instrument),
+        n_sessions=len(sessions),
+        n_clients=len({s.client_id for s in sessions}),
+        n_with_counselor_ratings=sum(s.counselor_ratings is not None for s in sessions),
+        n_with_rationales=sum(bool(s.rationales) for s in sessions),
+        languages=sorted({s.language for s in sessions}),
+    )
+
+
+def load_data(ref: DataRef) -> tuple[list[Session], Instrument]:
+    """The sessions the run validated and the instrument; raises DataChanged if either changed since."""
+    from care.data.reader import parse_jsonl
+
+    path = Path(ref.path)
+    raw = _read(path)
+    if hashlib.sha256(raw).hexdigest() != ref.sha256:
+        raise DataChanged(f"{path}: the data changed after this run validated it (sha256 {ref.sha256[:12]}...); "
+                          "start a new run")
+    if instrument_digest(ref.instrument) != ref.instrument_sha256:
+        raise DataChanged(f"instrument {ref.instrument}: changed after this run validated the data; start a new run")
+    parsed = parse_jsonl(raw, path)
+    if parsed.problems:  # same bytes as validated: cannot happen unless the schema code changed mid-run
+        raise DataChanged(f"{path}: no longer parses as it did at validation; start a new run")
+    return _limited(parsed.sessions, ref.limit), load_instrument(ref.instrument)
+
+
+def split(sessions: list[Session], folds_doc: dict | None, k: int | None) -> tuple[list[Session], list[Session]]:
+    """(training, held-out) sessions of fold `k`; every session trains when `k` is None (the final fit)."""
+    held = set() if k is None else set(folds_doc["folds"][k]["sessions"])
+    return [s for s in sessions if s.session_id not in held], [s for s in sessions if s.session_id in held]

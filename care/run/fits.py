@@ -1,0 +1,79 @@
+"""Fine-tuning within a run: the base model, one fit per fold and the final fit, cached by content.
+
+A fit's key covers everything that decides it: the data's sha256, the training sessions, the base model,
+the model/LoRA/training params, the instrument's content and the source of the training code
+(`care.cache.source_digest`). A finished fit with the same key is reused as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from care.cache import cache_root, digest, source_digest
+from care.fsutil import atomic_write_json
+from care.params import FitParams
+from care.run.artifacts import ModelDir
+from care.run.data import DataRef, load_data, split
+
+DONE = "done.json"
+ADAPTER = "model"
+
+
+def prepare_base(data: DataRef, fit: FitParams) -> ModelDir:
+    """The base model: the tiny build (built once, cached, travels) or a real preset's reference."""
+    from care.model.presets import is_tiny
+    from care.model.presets import prepare_base as locate
+
+    ref = locate(fit, cache_root(), data.languages)
+    if is_tiny(ref):
+        return ModelDir(str(ref), key=Path(ref).name)
+    return ModelDir(str(ref), key=str(ref), travels=False)
+
+
+def builder(fit: FitParams, tokenizer, instrument):
+    """The prompt builder every fit, scorer and release uses for these params."""
+    from care.model.prompts import PromptBuilder
+
+    return PromptBuilder(tokenizer, instrument, fit.model.max_length, fit.model.target_tokens)
+
+
+def fit_key(data: DataRef, fit: FitParams, train_ids: list[str], base: ModelDir) -> str:
+    """Cache key of a fine-tuned model (see the module docstring)."""
+    return digest({
+        "data": data.sha256, "train": sorted(train_ids), "base": base.key,
+        "instrument": data.instrument_sha256, "source": source_digest("care.model.training"),
+        "params": fit.model_dump(mode="json", include={"model", "lora", "train"}),
+    })[:24]
+
+
+def finetune_on(data: DataRef, folds_doc: dict | None, k: int | None, fit: FitParams, base: ModelDir,
+                desc: str) -> ModelDir:
+    """Fine-tune on every session outside fold `k` (all sessions when `k` is None)."""
+    sessions, instrument = load_data(data)
+    train, _ = split(sessions, folds_doc, k)
+    key = fit_key(data, fit, [s.session_id for s in train], base)
+    out_dir = cache_root() / "fits" / key
+    if (out_dir / DONE).exists():
+        return ModelDir(str(out_dir), key=key)
+    from care.model.presets import load_tokenizer
+    from care.model.prompts import build_examples
+    from care.model.training import finetune
+
+    tokenizer = load_tokenizer(base.path)
+    examples, stats = build_examples(train, builder(fit, tokenizer, instrument), fit.train.targets)
+    train_stats = finetune(base.path, examples, fit, out_dir / ADAPTER, desc=desc)
+    atomic_write_json(out_dir / DONE, {"base": base.key, "examples": stats.as_dict(), "train": train_stats})
+    return ModelDir(str(out_dir), key=key)
+
+
+def fit_record(model: ModelDir) -> dict:
+    """What the fit recorded about itself: base key, example counts, training stats."""
+    return json.loads((Path(model.path) / DONE).read_text("utf-8"))
+
+
+def load_fit(model: ModelDir, base: ModelDir):
+    """(model, tokenizer) of a finished fit on its base, in PyTorch."""
+    from care.model.training import load_finetuned
+
+    return load_finetuned(base.path, Path(model.path) / ADAPTER)

@@ -1,0 +1,116 @@
+"""One held-out fold: score it with the fine-tuned model (and the zero-shot base), then its metrics.
+
+Scores are cached by the fit's key, the fold's sessions, the eval params and the scoring code, so a rerun
+of a finished fold reads them back instead of scoring again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from typing import Any
+
+from care.cache import cache_root, digest, source_digest
+from care.fsutil import atomic_write_json
+from care.params import EvalParams, FitParams
+from care.run.artifacts import ModelDir
+from care.run.data import DataRef, load_data, split
+from care.run.fits import builder, fit_record, load_fit
+
+READOUTS = ("expected", "greedy")
+_SCORING_CODE = ("care.evaluation.torch_scoring", "care.evaluation.rationale_quality", "care.run.fold_eval")
+
+
+def _sample_for_rationales(test: list, n_pairs: int, n_items: int, seed: int) -> list:
+    with_refs = [s for s in test if s.rationales]
+    n_sessions = min(len(with_refs), math.ceil(n_pairs / n_items)) if n_pairs > 0 else 0
+    return random.Random(seed).sample(with_refs, n_sessions) if n_sessions else []
+
+
+def _rationale_quality(model, tokenizer, build, test, eval: EvalParams, seed: int) -> dict | None:
+    from care.evaluation.rationale_quality import rationale_quality
+    from care.evaluation.torch_scoring import score_sessions
+
+    sample = _sample_for_rationales(test, eval.rationale_sample, len(build.instrument.item_ids), seed)
+    if not sample:
+        return None
+    generated = score_sessions(model, tokenizer, build, sample, batch_size=eval.batch_size, rationales=True,
+                               max_new_tokens=eval.rationale_max_new_tokens)
+    pairs = []
+    for session, scored in zip(sample, generated):
+        utterances = [t.text for t in session.turns]
+        for item_id, item in scored.items.items():
+            if len(pairs) < eval.rationale_sample:
+                pairs.append((item.rationale or "", session.rationales[item_id], utterances, session.language))
+    return rationale_quality(pairs)
+
+
+def score_fold(data: DataRef, folds_doc: dict, k: int, fit: FitParams, eval: EvalParams, model: ModelDir,
+               base: ModelDir, cv_seed: int) -> dict:
+    """Item-level predictions for both readouts, unparsed counts, digit mass and rationale quality of fold `k`
+    (plus the zero-shot base's predictions when `eval.zero_shot`)."""
+    held = folds_doc["folds"][k]["sessions"]
+    key = digest([model.key, k, held, data.sha256, eval.model_dump(mode="json"), cv_seed,
+                  source_digest(*_SCORING_CODE)])[:24]
+    cached = cache_root() / "scores" / f"{key}.json"
+    if cached.exists():
+        return json.loads(cached.read_text("utf-8"))
+    from care.evaluation.readout import readout
+    from care.evaluation.torch_scoring import score_sessions
+
+    sessions, instrument = load_data(data)
+    _, test = split(sessions, folds_doc, k)
+    record = fit_record(model)
+    lm, tokenizer = load_fit(model, base)
+    build = builder(fit, tokenizer, instrument)
+    scores = score_sessions(lm, tokenizer, build, test, batch_size=eval.batch_size)
+    preds = {mode: readout(scores, instrument, mode) for mode in READOUTS}
+    masses = [it.digit_mass for s in scores for it in s.items.values()]
+    result: dict[str, Any] = {
+        "fold": k,
+        "predictions": {mode: preds[mode][0] for mode in READOUTS},
+        "unparsed": {mode: preds[mode][2] for mode in READOUTS},
+        "digit_mass": {"mean": sum(masses) / len(masses), "min": min(masses)},
+        "rationale_quality": None,
+        "train": record["train"],
+        "examples": record["examples"],
+    }
+    if fit.train.targets == "rationale" and eval.rationale_sample > 0:
+        result["rationale_quality"] = _rationale_quality(lm, tokenizer, build, test, eval, cv_seed + k)
+    del lm
+    if eval.zero_shot:
+        from care.model.presets import load_base
+
+        base_lm, base_tok = load_base(base.path, fit)
+        zs = score_sessions(base_lm, base_tok, builder(fit, base_tok, instrument), test, batch_size=eval.batch_size)
+        zs_items, _, zs_unparsed = readout(zs, instrument, "expected")
+        result["zero_shot"] = {"predictions": zs_items, "unparsed": zs_unparsed}
+    atomic_write_json(cached, result)
+    return result
+
+
+def fold_metrics(data: DataRef, folds_doc: dict, k: int, eval: EvalParams, scored: dict) -> dict:
+    """Fold `k`'s metrics for the model (both readouts) and the baselines on the same sessions."""
+    from care.evaluation.baselines import baseline_results, client_items
+    from care.evaluation.metrics import evaluate
+
+    sessions, instrument = load_data(data)
+    train, test = split(sessions, folds_doc, k)
+    true = client_items(test)
+    readouts = {mode: evaluate(scored["predictions"][mode], true, instrument) for mode in READOUTS}
+    baselines = baseline_results(train, test, instrument, eval.helper_proxy or None, text=eval.text_baseline)
+    if "zero_shot" in scored:
+        baselines["zero_shot"] = evaluate(scored["zero_shot"]["predictions"], true, instrument)
+    return {
+        "fold": k,
+        "model": readouts[eval.readout],
+        "readouts": readouts,
+        "baselines": baselines,
+        "unparsed": scored["unparsed"][eval.readout],
+        "unparsed_by_readout": scored["unparsed"],
+        "digit_mass": scored["digit_mass"],
+        "rationale_quality": scored["rationale_quality"],
+        "train": scored["train"],
+        "examples": scored["examples"],
+    }

@@ -1,0 +1,62 @@
+"""The files a person looks at after a run (DVC metrics, plots, predictions, the release directory).
+
+They are written by whoever started the run (`care train`), from the run's artifacts, so steps never write
+to a shared local disk.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from care.fsutil import atomic_write_json, atomic_write_lines
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where a run's metrics and plots go."""
+
+    metrics: Path
+    plots: Path
+
+    @classmethod
+    def at(cls, metrics: str | Path = "metrics", plots: str | Path = "plots") -> "Outputs":
+        return cls(Path(metrics).resolve(), Path(plots).resolve())
+
+
+def write_folds(out: Outputs, folds_doc: dict) -> None:
+    atomic_write_json(out.metrics / "folds.json", folds_doc)
+
+
+def write_cv(out: Outputs, detail: dict, rows: list[dict]) -> None:
+    """cv_detail.json, predictions.jsonl and the predicted-vs-client-rated plots."""
+    from care.evaluation.plots import write_plots
+
+    atomic_write_json(out.metrics / "cv_detail.json", detail)
+    atomic_write_lines(out.metrics / "predictions.jsonl", [json.dumps(r, sort_keys=True) for r in rows])
+    write_plots(rows, out.plots)
+
+
+def write_gate(out: Outputs, detail: dict, gate_doc: dict) -> None:
+    """gate.json and the summary cv.json (which carries the gate verdict)."""
+    from care.run.report import cv_summary
+
+    atomic_write_json(out.metrics / "gate.json", gate_doc)
+    atomic_write_json(out.metrics / "cv.json", cv_summary(detail, gate_doc))
+
+
+def install_release(package_dir: str | Path, out: str | Path) -> Path:
+    """Copy a verified release package to `out` (replaced atomically), and verify the copy."""
+    import shutil
+
+    from care.fsutil import atomic_dir
+    from care.release.manifest import verify_package
+
+    package_dir = Path(package_dir)
+    verify_package(package_dir)
+    with atomic_dir(out) as tmp:
+        for src in sorted(package_dir.iterdir()):
+            shutil.copyfile(src, tmp / src.name)
+        verify_package(tmp)
+    return Path(out).resolve()
