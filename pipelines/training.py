@@ -69,13 +69,9 @@ def run_training(params: Params, outputs, release: bool = True) -> dict:
     from pathlib import Path
 
     from zenml.client import Client
-    from zenml.utils import source_utils
 
-    import steps
     from care.run import outputs as files
 
-    # Steps are imported by module path from the project root, however `care` was started.
-    source_utils.set_custom_source_root(str(Path(steps.__file__).resolve().parents[1]))
     for stale in ("gate.json", "cv.json"):
         (Path(outputs.metrics) / stale).unlink(missing_ok=True)
     model = Model(name=params.registry.model_name, description="CARE: client-rated working alliance, item by item",

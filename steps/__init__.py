@@ -1,6 +1,14 @@
 """Thin ZenML steps, one per file, re-exported here (importing this registers the ModelDir materializer)."""
 
-from steps.aggregate_cv import aggregate_cv
+from pathlib import Path
+
+from zenml.utils import source_utils
+
+# ZenML imports steps and materializers by module path from the project root, however `care` was started
+# (a console script, `python -c`, a notebook); decorating a step with a materializer already needs it.
+source_utils.set_custom_source_root(str(Path(__file__).resolve().parents[1]))
+
+from steps.aggregate_cv import aggregate_cv  # noqa: E402
 from steps.build_release import build_release
 from steps.check_gate import check_gate
 from steps.final_fit import final_fit

@@ -261,17 +261,23 @@ def test_list_and_show_print_metadata_only(zenml_store, tmp_path, cli):
 
 
 def test_register_inside_a_pipeline_uses_the_runs_model_version(zenml_store, tmp_path):
-    from zenml import Model, pipeline
+    from zenml import Model, pipeline, step
 
+    from care.params import RegistryParams
+    from care.run.artifacts import ModelDir
+    from steps import ModelDirMaterializer, register_release
     from zenml_registry.client import list_versions, register_package, show_version
-    from steps import register_release
 
     pkg = make_package(tmp_path / "p")
-    params = {"registry": {"model_name": "reg-pipe", "stage_on_pass": "staging"}}
+
+    @step(enable_cache=False, output_materializers=ModelDirMaterializer)
+    def built_package(package_dir: str) -> ModelDir:
+        return ModelDir(package_dir, key="test-package")
 
     @pipeline(model=Model(name="reg-pipe"), enable_cache=False)
     def tiny_release(package_dir: str):
-        register_release(params=params, package_dir=package_dir, gate={"passed": True, "checks": []})
+        register_release(package=built_package(package_dir=package_dir), gate={"passed": True, "checks": []},
+                         registry=RegistryParams(model_name="reg-pipe", stage_on_pass="staging"))
 
     run = tiny_release(package_dir=str(pkg))
     rows = list_versions("reg-pipe")
