@@ -86,6 +86,14 @@ class CvParams(_Section):
     seed: int = 123
 
 
+class WarningParams(_Section):
+    """When a run says it learned nothing (care.evaluation.diagnostics); each fold and the aggregate are checked."""
+
+    min_digit_mass: float = 0.5  # mean probability on the scale digits at the answer position
+    min_prediction_sd: float = 0.05  # spread of the predicted dimension scores over held-out sessions
+    max_truncated_share: float = 0.25  # share of transcripts cut to fit the context
+
+
 class EvalParams(_Section):
     readout: Literal["expected", "greedy"] = "expected"
     zero_shot: bool = True
@@ -97,6 +105,7 @@ class EvalParams(_Section):
     # {supporter_detail: [task, bond]}); never a counselor rating of the instrument's items
     text_baseline: bool = True
     helper_proxy: dict[str, str | list[str]] = {}
+    warnings: WarningParams = WarningParams()
 
 
 class GateParams(_Section):

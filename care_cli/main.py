@@ -75,13 +75,16 @@ def synth(
 @handles_errors
 def validate(
     path: Path = typer.Argument(..., help="JSONL annotation file."),
-    instrument: Optional[str] = typer.Option(None, "--instrument", help="Instrument YAML or built-in name."),
+    instrument: Optional[str] = typer.Option(None, "--instrument", help="Instrument YAML or built-in name "
+                                             "(default: data.instrument in the params file)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON report (counts and problems only)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Params file giving data.instrument."),
 ) -> None:
     """Validate an annotation file; one line per problem, exit 1 when invalid."""
     from care.data.validation import validate_file
+    from care.params import load_params
 
-    result = validate_file(path, instrument=instrument, report_path=report)
+    result = validate_file(path, instrument=instrument or load_params(params).data.instrument, report_path=report)
     for problem in result.problems:
         typer.echo(str(problem), err=True)
     if result.problems:
@@ -119,14 +122,17 @@ def import_esconv_cmd(
 def annotations_add(
     new: Path = typer.Argument(..., metavar="NEW.jsonl", help="Sessions to add (annotation format)."),
     data: Path = typer.Option(Path("data"), "--data", help="DVC-tracked data directory holding sessions.jsonl."),
-    instrument: Optional[str] = typer.Option(None, "--instrument", help="Instrument YAML or built-in name (default wai-sr)."),
+    instrument: Optional[str] = typer.Option(None, "--instrument", help="Instrument YAML or built-in name "
+                                             "(default: data.instrument in the params file)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Params file giving data.instrument."),
 ) -> None:
     """Validate NEW.jsonl, append it atomically to DIR/sessions.jsonl and `dvc add DIR`; nothing changes on refusal."""
     from care.errors import InvalidData
     from care.data.intake import add_annotations
+    from care.params import load_params
 
     try:
-        res = add_annotations(new, data_dir=data, instrument=instrument)
+        res = add_annotations(new, data_dir=data, instrument=instrument or load_params(params).data.instrument)
     except InvalidData as exc:
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
@@ -295,7 +301,21 @@ def train(
     from pipelines.training import run_training
 
     result = run_training(params, Outputs.at(metrics_dir, plots_dir), release=release)
+    if result["interrupted"]:
+        fail(f"pipeline run {result['run']} interrupted: no further step ran; finished folds are cached, "
+             "rerun to resume", 130)
+    overall = [w for w in result["warnings"] if w["scope"] == "cv"]
+    for w in overall:
+        numbers = "" if w["value"] is None else f" ({w['check']} {w['value']} vs {w['threshold']})"
+        typer.echo(f"warning: {w['scope']}: {w['message']}{numbers}", err=True)
+    if len(result["warnings"]) > len(overall):
+        typer.echo(f"warning: {len(result['warnings']) - len(overall)} more on single folds, listed under "
+                   f"'warnings' in {metrics_dir / 'cv_detail.json'}", err=True)
     gate = result["gate"]
+    for skipped in (gate or {}).get("not_applied", []):
+        typer.echo(f"gate check not applied: {skipped['check']} ({skipped['reason']})", err=True)
+    for weaker in (gate or {}).get("loosened", []):
+        typer.echo(f"gate loosened: {weaker}", err=True)
     if gate is not None and not gate["passed"]:
         for check in gate["failed"]:
             typer.echo(f"gate check failed: {check}", err=True)

@@ -9,7 +9,11 @@ the files a person reads (metrics, plots, `release/`) from the run's artifacts.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+
 from zenml import Model, pipeline
+from zenml.enums import ExecutionMode
 
 from care.params import Params
 from steps import (
@@ -27,7 +31,7 @@ from steps import (
 )
 
 
-@pipeline(enable_cache=False)
+@pipeline(enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
 def care_pipeline(params: Params, release: bool = True) -> None:
     data = validate_data(data=params.data)
     folds = plan_folds(data=data, cv=params.cv)
@@ -50,7 +54,23 @@ def care_pipeline(params: Params, release: bool = True) -> None:
     if release:
         final = final_fit(data=data, fit=fit, base=base, gate=gate)
         package = build_release(params=params, data=data, model=final, base=base, cv_detail=detail, gate=gate)
-        register_release(package=package, gate=gate, registry=params.registry)
+        # Only this step carries the Model: a version exists only for a registered release (ZenML numbers it).
+        model = Model(name=params.registry.model_name, description="CARE: client-rated scores, item by item",
+                      tags=["care", params.model.preset, params.train.targets])
+        register_release.with_options(model=model)(package=package, gate=gate, registry=params.registry)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM (like Ctrl-C) interrupts the running step; the pipeline then runs no further step (FAIL_FAST)."""
+    def interrupt(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _output(run, step: str, name: str):
@@ -74,13 +94,12 @@ def run_training(params: Params, outputs, release: bool = True) -> dict:
 
     for stale in ("gate.json", "cv.json"):
         (Path(outputs.metrics) / stale).unlink(missing_ok=True)
-    model = Model(name=params.registry.model_name, description="CARE: client-rated working alliance, item by item",
-                  tags=["care", params.model.preset, params.train.targets])
-    configured = care_pipeline.with_options(model=model, run_name="care-{date}-{time}")
+    configured = care_pipeline.with_options(run_name="care-{date}-{time}")
     error = None
     try:
-        configured(params=params, release=release)
-    except Exception as exc:  # the run's status and gate document say what failed
+        with stop_on_signals():
+            configured(params=params, release=release)
+    except (Exception, KeyboardInterrupt) as exc:  # the run's status and gate document say what failed
         error = exc
     try:
         run = Client().get_pipeline("care_pipeline").last_run
@@ -108,4 +127,6 @@ def run_training(params: Params, outputs, release: bool = True) -> dict:
         "gate": gate,
         "registration": registration,
         "error": type(error).__name__ if error else None,
+        "interrupted": isinstance(error, KeyboardInterrupt),
+        "warnings": (detail or {}).get("warnings", []),
     }

@@ -2,10 +2,9 @@
 
 from typing import Annotated, Tuple
 
-from zenml import log_metadata, step
+from zenml import step
 
 from care.params import CvParams, EvalParams, TrainParams
-from care.registry.metadata import cv_metadata
 from care.run.data import DataRef
 from care.run.report import cv_detail, prediction_rows
 from steps.scratch import step_cache
@@ -15,7 +14,6 @@ from steps.scratch import step_cache
 def aggregate_cv(data: DataRef, folds: dict, fold_results: list, scored: list, eval: EvalParams, cv: CvParams,
                  train: TrainParams) -> Tuple[Annotated[dict, "cv_detail"], Annotated[list, "predictions"]]:
     with step_cache():
-        detail = cv_detail(fold_results, eval, cv, train)
+        detail = cv_detail(data, fold_results, scored, eval, cv, train)
         rows = prediction_rows(data, folds, scored, eval.readout)
-    log_metadata(metadata=cv_metadata(detail), infer_model=True)
     return detail, rows

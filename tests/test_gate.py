@@ -93,3 +93,25 @@ def test_explicit_threshold_overrides_wildcard():
     doc = evaluate_gate(GOOD, GateParams(min_pearson={"*": 0.3, "bond": 0.5}, max_mse={}, beat_on_pearson=[], beat_on_mse=[]))
     assert doc["failed"] == ["bond.pearson >= 0.5"]
     assert [c["dimension"] for c in doc["checks"]] == ["goal", "task", "bond"]
+
+
+def test_a_baseline_the_data_cannot_give_is_not_applied_and_says_so():
+    cv = copy.deepcopy(GOOD)
+    cv["baselines"]["counselor"] = {d: _m(None, None, None) for d in ("goal", "task", "bond")}
+    cv["baselines_n"] = {"counselor": {d: 0 for d in ("goal", "task", "bond")},
+                         "train_mean": {d: 40 for d in ("goal", "task", "bond")}}
+    doc = evaluate_gate(cv, GateParams())
+    assert doc["passed"] is True
+    assert [c["check"] for c in doc["not_applied"]] == [f"{d}.pearson > counselor.{d}.pearson" for d in ("goal", "task", "bond")]
+    assert all("no values" in c["reason"] for c in doc["not_applied"])
+    assert not any(c.get("baseline") == "counselor" for c in doc["checks"])
+    # train_mean still applies: a model worse than the mean fails even when counselor is absent
+    cv["mean"]["task"]["mse"] = 1.2
+    assert "task.mse < train_mean.task.mse" in evaluate_gate(cv, GateParams(max_mse={}))["failed"]
+
+
+def test_a_loosened_gate_is_visible_in_the_document():
+    assert evaluate_gate(GOOD, GateParams())["loosened"] == []
+    doc = evaluate_gate(GOOD, GateParams(min_pearson={"*": 0.1}, beat_on_pearson=[], beat_on_mse=[]))
+    assert doc["loosened"] == ["min_pearson[*] 0.1 below the default 0.3", "beat_on_pearson lacks counselor (default)",
+                               "beat_on_mse lacks train_mean (default)"]

@@ -216,6 +216,31 @@ def interrupted(world):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+def test_sigterm_stops_the_whole_run_and_keeps_finished_folds(world):
+    """SIGTERM while fold 2 trains: the run stops there (no further step), exits non-zero, and fold 1 is
+    cached for the rerun."""
+    base, env = world
+    cache = base / "cache-sigterm"
+    sentinel = base / "paused-for-sigterm"
+    proc = _start_paused(_train_args(base, "terminated"), ROOT, {**env, "CARE_CACHE_DIR": str(cache)},
+                         base / "terminated.log", "train", sentinel, CARE_TEST_PAUSE_LABEL="fold 2/",
+                         CARE_TEST_PAUSE_STEP="3")
+    try:
+        _wait_for(sentinel.exists, "fold 2 training (optimizer step 3)", proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=300)
+    finally:
+        _kill_group(proc)
+    log = (base / "terminated.log").read_text("utf-8", "replace")
+    assert proc.returncode == 130, log[-3000:]
+    assert "interrupted: no further step ran" in log
+    assert "scoring" not in log.split("fold 2/2", 1)[1]  # nothing ran after the interrupted fine-tune
+    assert not (base / "terminated" / "metrics" / "cv_detail.json").exists()
+    assert len(_done_files(cache)) == 1  # fold 1 finished and stays reusable; fold 2 left nothing
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_kill_mid_fold_then_rerun_reuses_the_finished_fold(interrupted):
     assert "fold 1/2" in interrupted["killed_log"] and "fold 2/2" in interrupted["killed_log"]
     assert {p: _stamp(p) for p in interrupted["stamps"]} == interrupted["stamps"]  # untouched, not retrained

@@ -108,7 +108,8 @@ def _get_model(client: Client, model_name: str, create: bool = False):
         return client.get_model(model_name)
     except KeyError:
         if not create:
-            raise CareError(f"no model named {model_name!r} in the registry") from None
+            raise CareError(f"no model named {model_name!r} in the registry yet: `care train` registers one when "
+                            "its gate passes (registry.model_name in params.yaml); name another with --model-name") from None
         return client.create_model(
             name=model_name,
             description="CARE: predicts the client's working-alliance ratings of a counseling session.",

@@ -4,7 +4,12 @@ Checks, per dimension of ``cv["mean"]`` (plus any dimension named explicitly in 
 - ``{dim}.pearson >= min_pearson[dim]`` and ``{dim}.mse <= max_mse[dim]`` ("*" = every other dimension);
 - for each baseline in ``beat_on_pearson``: ``{dim}.pearson > {baseline}.{dim}.pearson``;
 - for each baseline in ``beat_on_mse``: ``{dim}.mse < {baseline}.{dim}.mse``.
-A missing or null value (model or baseline) fails its check: nothing passes silently.
+A missing or null value (model or baseline) fails its check: nothing passes silently. One exception: a
+baseline that exists in the run but has no value for a dimension because the data cannot give one (no
+counselor ratings, no helper ratings: n = 0 in ``baselines_n``) is not applied to that dimension, and the
+gate document lists it under ``not_applied`` with the reason. A baseline the run did not compute at all
+(switched off, misspelt) still fails. ``loosened`` lists where the gate is weaker than the defaults, so a
+loosened gate is visible in the document.
 """
 
 from __future__ import annotations
@@ -66,11 +71,33 @@ def _check(check: str, dim: str, metric: str, value, threshold, ok, **extra) -> 
     }
 
 
+def _absent(cv: Mapping, name: str, dim: str) -> bool:
+    """The run computed baseline `name` but the data gives it no value for `dim` (n = 0)."""
+    n = _get(cv, "baselines_n", name, dim)
+    return name in (cv.get("baselines") or {}) and n == 0
+
+
+def loosened(gate: GateParams) -> list[str]:
+    """Where `gate` is weaker than the default gate (lower Pearson bars, higher MSE bars, fewer baselines)."""
+    default = GateParams()
+    out = []
+    for key, bar in default.min_pearson.items():
+        if gate.min_pearson.get(key, -math.inf) < bar:
+            out.append(f"min_pearson[{key}] {gate.min_pearson.get(key, 'unset')} below the default {bar:g}")
+    for key, bar in default.max_mse.items():
+        if gate.max_mse.get(key, math.inf) > bar:
+            out.append(f"max_mse[{key}] {gate.max_mse.get(key, 'unset')} above the default {bar:g}")
+    out += [f"beat_on_pearson lacks {b} (default)" for b in default.beat_on_pearson if b not in gate.beat_on_pearson]
+    out += [f"beat_on_mse lacks {b} (default)" for b in default.beat_on_mse if b not in gate.beat_on_mse]
+    return out
+
+
 def evaluate_gate(cv: Mapping, gate: GateParams) -> dict:
-    """``metrics/gate.json``: ``{"passed": bool, "checks": [...], "failed": [check, ...]}``."""
+    """``metrics/gate.json``: ``{"passed", "checks", "failed", "not_applied", "loosened"}``."""
     mean = cv.get("mean") or {}
     dims = list(mean)
     checks: list[dict] = []
+    not_applied: list[dict] = []
     for dim, t in _expand(gate.min_pearson, dims):
         checks.append(
             _check(f"{dim}.pearson >= {t:g}", dim, "pearson", _get(mean, dim, "pearson"), t, lambda v, t: v >= t)
@@ -78,29 +105,25 @@ def evaluate_gate(cv: Mapping, gate: GateParams) -> dict:
     for dim, t in _expand(gate.max_mse, dims):
         checks.append(_check(f"{dim}.mse <= {t:g}", dim, "mse", _get(mean, dim, "mse"), t, lambda v, t: v <= t))
     baselines = cv.get("baselines") or {}
-    for name in gate.beat_on_pearson:
-        for dim in dims:
-            checks.append(
-                _check(
-                    f"{dim}.pearson > {name}.{dim}.pearson", dim, "pearson", _get(mean, dim, "pearson"),
-                    _get(baselines, name, dim, "pearson"), lambda v, t: v > t, baseline=name,
-                )
-            )
-    for name in gate.beat_on_mse:
-        for dim in dims:
-            checks.append(
-                _check(
-                    f"{dim}.mse < {name}.{dim}.mse", dim, "mse", _get(mean, dim, "mse"),
-                    _get(baselines, name, dim, "mse"), lambda v, t: v < t, baseline=name,
-                )
-            )
+    for metric, names, op, ok in (("pearson", gate.beat_on_pearson, ">", lambda v, t: v > t),
+                                  ("mse", gate.beat_on_mse, "<", lambda v, t: v < t)):
+        for name in names:
+            for dim in dims:
+                check = f"{dim}.{metric} {op} {name}.{dim}.{metric}"
+                if _absent(cv, name, dim):
+                    not_applied.append({"check": check, "baseline": name, "dimension": dim,
+                                        "reason": f"baseline {name} has no values for {dim} in this data (n = 0)"})
+                    continue
+                checks.append(_check(check, dim, metric, _get(mean, dim, metric), _get(baselines, name, dim, metric),
+                                     ok, baseline=name))
     if not dims:
         checks.append(
             {"check": "cv.mean has dimensions", "dimension": None, "metric": None, "value": None,
              "threshold": None, "verdict": "fail"}
         )
     failed = [c["check"] for c in checks if c["verdict"] != "pass"]
-    return {"passed": not failed, "checks": checks, "failed": failed}
+    return {"passed": not failed, "checks": checks, "failed": failed, "not_applied": not_applied,
+            "loosened": loosened(gate)}
 
 
 def raise_if_failed(gate_doc: Mapping) -> None:

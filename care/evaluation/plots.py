@@ -10,10 +10,11 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from care.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_lines
+from care.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_lines
 from care.data.instrument import Instrument
 
 PNG_NAME = "predicted_vs_actual.png"
+DIMENSIONS = "dimensions"
 
 
 def _num(v) -> float | None:
@@ -88,9 +89,10 @@ def plot_data(rows: Sequence[Mapping]) -> dict[str, list[dict]]:
 
 
 def write_plots(rows: Sequence[Mapping], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``{dim}.json`` per dimension (a JSON list of scatter rows, for ``dvc plots`` with
-    ``x: actual``, ``y: predicted``, template ``scatter``) and one PNG with a panel per dimension
-    (identity line, Pearson r in each panel's title). Returns ``{dim: path, "png": path}``.
+    """Write ``dimensions/{dim}.json`` per dimension of the rows (a JSON list of scatter rows; dvc.yaml
+    declares the folder once, ``x: actual``, ``y: predicted``, template ``scatter``, so any instrument's
+    dimensions are plotted) and one PNG with a panel per dimension (identity line, Pearson r in each
+    panel's title). The folder is replaced as a whole. Returns ``{dim: path, "png": path}``.
     """
     import io
 
@@ -105,8 +107,10 @@ def write_plots(rows: Sequence[Mapping], out_dir: str | Path) -> dict[str, Path]
     out_dir = Path(out_dir)
     data = plot_data(rows)
     paths: dict[str, Path] = {}
-    for dim, points in data.items():
-        paths[dim] = atomic_write_json(out_dir / f"{dim}.json", points)
+    with atomic_dir(out_dir / DIMENSIONS) as tmp:
+        for dim, points in data.items():
+            atomic_write_json(tmp / f"{dim}.json", points)
+            paths[dim] = out_dir / DIMENSIONS / f"{dim}.json"
 
     dims = list(data)
     fig, axes = plt.subplots(1, max(1, len(dims)), figsize=(4.2 * max(1, len(dims)), 4.2), squeeze=False)

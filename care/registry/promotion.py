@@ -96,7 +96,7 @@ def registry_metadata(manifest: dict[str, Any], extra: dict[str, Any] | None = N
     Output keys (all optional but ``gate_passed``): the ids in ID_KEYS; ``cv`` = {"mean": {dim: {pearson,
     spearman, mse}}, "std": {...}, "n_folds", ...} (numbers only); ``baselines`` (numbers only);
     ``gate_passed`` (bool; False when the manifest carries no verdict); ``gate_checks`` = {check: {passed,
-    value, threshold}}. The CV layout matches what the pipeline's aggregate step logs (care.registry.metadata).
+    value, threshold}}.
     """
     src: dict[str, Any] = {}
     for part in (manifest, manifest.get("metadata") if isinstance(manifest.get("metadata"), dict) else None, extra):

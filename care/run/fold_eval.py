@@ -67,8 +67,11 @@ def score_fold(data: DataRef, folds_doc: dict, k: int, fit: FitParams, eval: Eva
     scores = score_sessions(lm, tokenizer, build, test, batch_size=eval.batch_size)
     preds = {mode: readout(scores, instrument, mode) for mode in READOUTS}
     masses = [it.digit_mass for s in scores for it in s.items.values()]
+    tokens = [len(build.encode(s).prefix) for s in test]
     result: dict[str, Any] = {
         "fold": k,
+        "transcripts": {"sessions": len(test), "truncated": sum(s.truncated for s in scores),
+                        "mean_tokens": sum(tokens) / len(tokens) if tokens else None},
         "predictions": {mode: preds[mode][0] for mode in READOUTS},
         "unparsed": {mode: preds[mode][2] for mode in READOUTS},
         "digit_mass": {"mean": sum(masses) / len(masses), "min": min(masses)},
@@ -91,8 +94,10 @@ def score_fold(data: DataRef, folds_doc: dict, k: int, fit: FitParams, eval: Eva
 
 
 def fold_metrics(data: DataRef, folds_doc: dict, k: int, eval: EvalParams, scored: dict) -> dict:
-    """Fold `k`'s metrics for the model (both readouts) and the baselines on the same sessions."""
+    """Fold `k`'s metrics for the model (both readouts) and the baselines on the same sessions, and the
+    fold's warnings (care.evaluation.diagnostics)."""
     from care.evaluation.baselines import baseline_results, client_items
+    from care.evaluation.diagnostics import prediction_spread, warnings_for
     from care.evaluation.metrics import evaluate
 
     sessions, instrument = load_data(data)
@@ -102,9 +107,18 @@ def fold_metrics(data: DataRef, folds_doc: dict, k: int, eval: EvalParams, score
     baselines = baseline_results(train, test, instrument, eval.helper_proxy or None, text=eval.text_baseline)
     if "zero_shot" in scored:
         baselines["zero_shot"] = evaluate(scored["zero_shot"]["predictions"], true, instrument)
+    model = readouts[eval.readout]
+    spread = prediction_spread(scored["predictions"][eval.readout], instrument)
+    warnings = warnings_for(
+        f"fold {k}", dimensions=model["dimensions"], train_mean=baselines["train_mean"]["dimensions"],
+        digit_mass=scored["digit_mass"]["mean"], spread=spread, truncated=scored["transcripts"]["truncated"],
+        sessions=scored["transcripts"]["sessions"], thresholds=eval.warnings)
     return {
         "fold": k,
-        "model": readouts[eval.readout],
+        "model": model,
+        "prediction_sd": spread,
+        "transcripts": scored["transcripts"],
+        "warnings": warnings,
         "readouts": readouts,
         "baselines": baselines,
         "unparsed": scored["unparsed"][eval.readout],

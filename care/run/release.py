@@ -17,13 +17,16 @@ from care.run.artifacts import ModelDir
 from care.run.data import DataRef
 
 
-def data_version(dvc_file: str | Path = "data.dvc") -> str | None:
-    """The md5 DVC recorded for the data (the data version), or None when the data is not DVC-tracked."""
+def data_version(data_path: str | Path, sha256: str, dvc_file: str | Path = "data.dvc") -> str:
+    """The data's version: DVC's md5 when `data_path` lies in the directory `dvc_file` tracks, else its sha256."""
     path = Path(dvc_file)
-    if not path.is_file():
-        return None
-    outs = (yaml.safe_load(path.read_text("utf-8")) or {}).get("outs") or []
-    return outs[0].get("md5") if outs else None
+    if path.is_file():
+        outs = (yaml.safe_load(path.read_text("utf-8")) or {}).get("outs") or []
+        for out in outs:
+            tracked = (path.parent / str(out.get("path", ""))).resolve()
+            if out.get("md5") and Path(data_path).resolve().is_relative_to(tracked):
+                return str(out["md5"])
+    return f"sha256:{sha256}"
 
 
 def git_commit() -> str | None:
@@ -78,7 +81,8 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
             max_score_diff=rel.fp16_max_score_diff if fp16 else rel.max_score_diff, device=rel.export_device,
         )
         metadata = {
-            "data_version": data_version(),
+            "data_version": data_version(data.path, data.sha256),
+            "data_path": data.path,
             "data_sha256": data.sha256,
             "n_sessions": data.n_sessions,
             "git_commit": git_commit(),
@@ -88,7 +92,9 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
             "finetune": params.model.finetune,
             "targets": params.train.targets,
             "instrument": instrument.name,
-            "cv": {k: cv[k] for k in ("mean", "std", "baselines", "n_folds", "n_sessions", "unparsed", "readout") if k in cv},
+            "cv": {k: cv[k] for k in ("mean", "std", "baselines", "n_folds", "n_sessions", "unparsed", "readout",
+                                      "targets", "targets_requested", "score_only_fallback_share", "transcripts",
+                                      "warnings") if k in cv},
             "gate": gate,
             "merge": merge,
             "export": export,

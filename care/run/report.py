@@ -22,11 +22,39 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def cv_detail(fold_results: list[dict], eval: EvalParams, cv: CvParams, train: TrainParams) -> dict:
-    """Mean +/- std over folds for the model and every baseline, and the run's diagnostics."""
+def _targets(requested: str, examples: dict) -> dict[str, Any]:
+    """The targets actually trained: `rationale`, `score_only`, or `mixed` when some sessions had no rationales."""
+    share = examples["score_only_fallback_sessions"] / examples["sessions"] if examples["sessions"] else 0.0
+    if requested == "score_only" or share == 1.0:
+        effective = "score_only"
+    else:
+        effective = "rationale" if share == 0.0 else "mixed"
+    return {"targets": effective, "targets_requested": requested, "score_only_fallback_share": share}
+
+
+def _transcripts(fold_results: list[dict]) -> dict[str, Any]:
+    sessions = sum(r["transcripts"]["sessions"] for r in fold_results)
+    truncated = sum(r["transcripts"]["truncated"] for r in fold_results)
+    tokens = [(r["transcripts"]["mean_tokens"], r["transcripts"]["sessions"]) for r in fold_results
+              if r["transcripts"]["mean_tokens"] is not None]
+    mean_tokens = sum(t * n for t, n in tokens) / sum(n for _, n in tokens) if tokens else None
+    return {"sessions": sessions, "truncated": truncated, "truncated_share": truncated / sessions if sessions else 0.0,
+            "mean_tokens": mean_tokens}
+
+
+def cv_detail(data: DataRef, fold_results: list[dict], scored: list[dict], eval: EvalParams, cv: CvParams,
+              train: TrainParams) -> dict:
+    """Mean +/- std over folds for the model and every baseline, and the run's diagnostics and warnings."""
+    from care.evaluation.diagnostics import prediction_spread, warnings_for
     from care.evaluation.metrics import aggregate, cv_document, rounded
 
     fold_results = sorted(fold_results, key=lambda r: r["fold"])
+    _, instrument = load_data(data)
+    pooled: dict[str, dict] = {}
+    for fold_scores in scored:
+        pooled.update(fold_scores["predictions"][eval.readout])
+    examples = {key: sum(r["examples"][key] for r in fold_results) for key in fold_results[0]["examples"]}
+    transcripts = _transcripts(fold_results)
     rq = [r["rationale_quality"] for r in fold_results if r["rationale_quality"]]
     extra = {
         "readout": eval.readout,
@@ -37,12 +65,23 @@ def cv_detail(fold_results: list[dict], eval: EvalParams, cv: CvParams, train: T
         "rationale_quality": (
             {key: _mean([q.get(key) for q in rq]) for key in rq[0] if isinstance(rq[0][key], (int, float))} if rq else None
         ),
-        "examples": {key: sum(r["examples"][key] for r in fold_results) for key in fold_results[0]["examples"]},
+        "examples": examples,
+        "transcripts": transcripts,
         "train_seconds": sum(r["train"]["wall_s"] for r in fold_results),
         "seed": {"cv": cv.seed, "train": train.seed},
     }
-    return cv_document([r["model"] for r in fold_results], [r["baselines"] for r in fold_results],
-                       sum(r["unparsed"] for r in fold_results), train.targets, rounded(extra))
+    targets = _targets(train.targets, examples)
+    extra.update({k: v for k, v in targets.items() if k != "targets"})
+    doc = cv_document([r["model"] for r in fold_results], [r["baselines"] for r in fold_results],
+                      sum(r["unparsed"] for r in fold_results), targets["targets"], rounded(extra))
+    spread = prediction_spread(pooled, instrument)
+    warnings = [w for r in fold_results for w in r["warnings"]] + warnings_for(
+        "cv", dimensions=doc["mean"], train_mean=doc["baselines"].get("train_mean"),
+        digit_mass=doc["digit_mass"]["mean"], spread=spread, truncated=transcripts["truncated"],
+        sessions=transcripts["sessions"], thresholds=eval.warnings)
+    doc["prediction_sd"] = rounded(spread)
+    doc["warnings"] = warnings
+    return doc
 
 
 def _best(baselines: dict, dim: str, metric: str) -> dict[str, Any]:
@@ -66,7 +105,9 @@ def cv_summary(detail: dict, gate_doc: dict) -> dict:
             "best_baseline_pearson": _best(baselines, dim, "pearson"),
             "best_baseline_mse": _best(baselines, dim, "mse"),
         }
-    summary["gate"] = {"passed": bool(gate_doc["passed"]), "failed_checks": len(gate_doc["failed"])}
+    summary["gate"] = {"passed": bool(gate_doc["passed"]), "failed_checks": len(gate_doc["failed"]),
+                       "not_applied": len(gate_doc["not_applied"])}
+    summary["warnings"] = sum(1 for w in detail["warnings"] if w["scope"] == "cv")
     return summary
 
 

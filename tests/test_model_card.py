@@ -1,0 +1,59 @@
+"""The model card follows the run: instrument wording, adjectives from the numbers, plain "worse than
+baseline" lines, rationale caveats only when rationales were trained, the data actually used, warnings."""
+
+from __future__ import annotations
+
+from care.data.instrument import load_instrument
+from care.release.model_card import model_card, strength
+
+
+def _m(r, mse):
+    return {"pearson": r, "spearman": r, "mse": mse}
+
+
+def _metadata(r: float, targets: str, warnings=()):
+    return {
+        "scoring": {"max_length": 1024, "reserve": 64, "languages": ["en"], "prompt_version": "abc"},
+        "data_version": "sha256:" + "0" * 64, "data_path": "/elsewhere/sessions.jsonl", "data_sha256": "0" * 64,
+        "n_sessions": 200, "targets": targets,
+        "gate": {"passed": True, "not_applied": [{"check": "bond.pearson > counselor.bond.pearson",
+                                                  "reason": "baseline counselor has no values for bond in this data (n = 0)"}],
+                 "loosened": ["beat_on_pearson lacks counselor (default)"]},
+        "cv": {"mean": {"bond": _m(r, 0.9), "task": _m(r, 0.8)}, "std": {},
+               "baselines": {"tfidf": {"bond": _m(0.2, 0.7), "task": _m(0.15, 0.85)},
+                             "train_mean": {"bond": _m(None, 0.85), "task": _m(None, 0.79)}},
+               "targets": targets, "targets_requested": "rationale",
+               "score_only_fallback_share": 1.0 if targets == "score_only" else 0.0,
+               "transcripts": {"sessions": 200, "truncated": 200, "truncated_share": 1.0, "mean_tokens": 4866.0},
+               "warnings": list(warnings)},
+    }
+
+
+def test_strength_follows_the_numbers():
+    assert [strength(r) for r in (None, -0.2, 0.02, 0.2, 0.4, 0.6)] == [
+        "undefined", "negative (worse than chance)", "negligible (no better than chance)", "weak", "moderate", "strong"]
+
+
+def test_a_model_that_learnt_nothing_is_described_as_such():
+    inst = load_instrument("esconv-seeker")
+    warning = {"scope": "cv", "check": "truncated_share", "dimension": None, "value": 1.0, "threshold": 0.25,
+               "message": "200 of 200 transcripts were cut to fit the context (model.max_length)"}
+    card = model_card(_metadata(0.01, "score_only", [warning]), inst)
+    assert card.startswith("# CARE model: esconv-seeker")
+    assert "working alliance" not in card.lower()
+    assert "- bond: r = 0.01, negligible (no better than chance)." in card
+    assert "moderate" not in card
+    assert "worse than baseline tfidf on bond: r 0.01 vs 0.20; MSE 0.90 vs 0.70." in card
+    assert "worse than baseline train_mean on task: MSE 0.80 vs 0.79." in card
+    assert "Rationales imitate" not in card and "(and rationale)" not in card
+    assert "/elsewhere/sessions.jsonl" in card and "sha256:" in card
+    assert "200 of 200 (100.00%)" in card and "4866.00 transcript tokens" in card
+    assert "Targets trained: score_only (requested rationale; 100.00% of sessions had no rationales)" in card
+    assert "- 200 of 200 transcripts were cut" in card
+    assert "not applied: bond.pearson > counselor.bond.pearson" in card
+    assert "weaker than the default gate: beat_on_pearson lacks counselor (default)" in card
+
+
+def test_rationale_caveats_only_when_rationales_were_trained():
+    card = model_card(_metadata(0.6, "rationale"), load_instrument("wai-sr"))
+    assert "Rationales imitate" in card and "strong" in card and "- none" in card
