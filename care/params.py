@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +48,9 @@ class ModelParams(_Section):
     target_tokens: int = 128  # room kept after each prompt for the target (score + rationale); longer is clipped
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     gradient_checkpointing: bool | None = None  # None: on for real presets, off for tiny
+    # the date every chat template sees (Llama 3.1 writes "Today Date" into the system prompt): fixed, so
+    # prompts, cache keys and scores do not change from one day to the next
+    prompt_date: date = date(2024, 7, 26)
     tiny: TinyParams = TinyParams()
 
 

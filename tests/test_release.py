@@ -14,7 +14,10 @@ import pytest
 
 from conftest import corpus_rows
 
+from care.params import ModelParams
+
 MAX_LENGTH, RESERVE = 1024, 32
+PROMPT_DATE = ModelParams().prompt_date
 _BUILT: dict[str, dict] = {}
 
 
@@ -63,7 +66,7 @@ def build_tiny_release(root: Path) -> dict:
     merge = merge_adapter(base_dir, adapter_dir, root / "merged", check_inputs, max_diff=1e-4)
     export = export_onnx(root / "merged", root / "onnx")
     parity = check_parity(root / "merged", root / "onnx", held, inst, max_length=MAX_LENGTH, reserve=RESERVE,
-                          max_logit_diff=1e-4, max_score_diff=1e-4)
+                          max_logit_diff=1e-4, max_score_diff=1e-4, prompt_date=PROMPT_DATE)
     metadata = {
         "data_version": "test", "git_commit": "0" * 40, "params_digest": "f" * 64, "base_model": "tiny-random",
         "finetune": "lora",
@@ -72,7 +75,7 @@ def build_tiny_release(root: Path) -> dict:
                "baselines": {"counselor": {"goal": {"pearson": 0.2, "mse": 1.3}}}},
         "gate": {"passed": True}, "merge": merge, "export": export, "parity": parity,
         "scoring": {"max_length": MAX_LENGTH, "reserve": RESERVE, "languages": ["zh", "en"], "prompt_version": "1",
-                    "readout": "expected"},
+                    "prompt_date": PROMPT_DATE.isoformat(), "readout": "expected"},
     }
     build_package(root / "package", root / "onnx", None, instrument_path("wai-sr"), metadata)
     _BUILT[key] = {"root": root, "merge": merge, "export": export, "parity": parity, "tokenizer": tok,
@@ -128,7 +131,7 @@ def test_parity_over_threshold_fails_with_numbers(rel):
 
     with pytest.raises(CareError, match=r"logit difference [0-9.e-]+ > -1"):
         check_parity(rel["merged"], rel["root"] / "onnx", rel["held"][:1], rel["instrument"], max_length=MAX_LENGTH,
-                     reserve=RESERVE, max_logit_diff=-1, max_score_diff=1)
+                     reserve=RESERVE, max_logit_diff=-1, max_score_diff=1, prompt_date=PROMPT_DATE)
 
 
 def test_package_contents_and_manifest(rel):

@@ -61,6 +61,7 @@ def tiny_key(params: Params, languages: Sequence[str] | None = None) -> str:
 
     blob = {
         "tiny": params.model.tiny.model_dump(mode="json"),
+        "prompt_date": params.model.prompt_date.isoformat(),
         "source": source_digest(__name__),
         "instrument": instrument_digest(params.data.instrument),
         "languages": _languages(params, languages),
@@ -126,15 +127,16 @@ def _pretrain_texts(params: Params, languages: list[str]) -> tuple[list[str], li
     return [text for _, text in transcripts] + prompt_texts, transcripts
 
 
-def _render_doc(tokenizer, lang: str, transcript: str, block: str) -> str:
-    from care.model.prompts import TEXTS
+def _render_doc(tokenizer, lang: str, transcript: str, block: str, prompt_date) -> str:
+    from care.model.prompts import TEXTS, template_variables
 
     t = TEXTS[lang]
     messages = [
         {"role": "system", "content": t["system"]},
         {"role": "user", "content": f"{t['instruction']}\n\n{transcript}\n\n{block}"},
     ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         **template_variables(prompt_date))
 
 
 def build_tiny(params: Params, cache_root: Path, languages: Sequence[str] | None = None) -> Path:
@@ -174,7 +176,8 @@ def _build_tiny_into(params: Params, langs: list[str], out: Path) -> dict:
         if k % 3 == 2:  # a third as plain text ending in EOS, so EOS is a token the model has seen
             text = tokenizer.bos_token + transcript + tokenizer.eos_token
         else:  # the rest under the prompt of a random item (no ratings)
-            text = _render_doc(tokenizer, lang, transcript, item_block(instrument, rng.choice(instrument.item_ids), lang))
+            text = _render_doc(tokenizer, lang, transcript, item_block(instrument, rng.choice(instrument.item_ids), lang),
+                               params.model.prompt_date)
         docs.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     # Pretraining on fixed-length windows of the documents (ending at the document end half the time, so
     # the prompt's closing part is well learnt).

@@ -9,11 +9,13 @@ next token; the target is the digit, then (rationale targets) a newline and the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from care.errors import CareError
 from care.data.instrument import Instrument
 from care.data.schema import Session
+from care.params import ModelParams
 
 IGNORE_INDEX = -100
 
@@ -69,12 +71,19 @@ def item_block(instrument: Instrument, item_id: str, language: str) -> str:
     return t["item"].format(text=instrument.item(item_id).text[language], options=options)
 
 
-def _render(tokenizer, language: str, transcript: str, block: str) -> tuple[str, str]:
+def template_variables(prompt_date: date) -> dict[str, Any]:
+    """What a chat template may read about the day, pinned to `prompt_date`: Llama 3.1's `date_string` and the
+    `strftime_now` function transformers would otherwise answer with today's date."""
+    return {"date_string": prompt_date.strftime("%d %b %Y"), "strftime_now": prompt_date.strftime}
+
+
+def _render(tokenizer, language: str, transcript: str, block: str, prompt_date: date) -> tuple[str, str]:
     """The chat-templated prompt, split where the item block starts: (prefix, suffix)."""
     t = texts_for(language)
     user = f"{t['instruction']}\n\n{transcript}\n\n"
     messages = [{"role": "system", "content": t["system"]}, {"role": "user", "content": user + block}]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                             **template_variables(prompt_date))
     cut = rendered.rfind(block)
     if cut < 0:
         raise CareError("the chat template changed the item text; cannot split the prompt")
@@ -112,11 +121,13 @@ class PromptBuilder:
     `reserve` tokens are kept free after the longest item suffix for the target (score + rationale).
     """
 
-    def __init__(self, tokenizer, instrument: Instrument, max_length: int, reserve: int):
+    def __init__(self, tokenizer, instrument: Instrument, max_length: int, reserve: int,
+                 prompt_date: date = ModelParams.model_fields["prompt_date"].default):
         self.tokenizer = tokenizer
         self.instrument = instrument
         self.max_length = max_length
         self.reserve = reserve
+        self.prompt_date = prompt_date
         self._suffix_cache: dict[str, dict[str, list[int]]] = {}
         self.digit_ids = scale_token_ids(tokenizer, instrument)
         if tokenizer.eos_token_id is None:
@@ -125,7 +136,8 @@ class PromptBuilder:
     def suffixes(self, language: str) -> dict[str, list[int]]:
         if language not in self._suffix_cache:
             self._suffix_cache[language] = {
-                item: _ids(self.tokenizer, _render(self.tokenizer, language, "", item_block(self.instrument, item, language))[1])
+                item: _ids(self.tokenizer, _render(self.tokenizer, language, "", item_block(self.instrument, item, language),
+                                                 self.prompt_date)[1])
                 for item in self.instrument.item_ids
             }
         return self._suffix_cache[language]
@@ -133,7 +145,7 @@ class PromptBuilder:
     def _prefix(self, session: Session, first_turn: int, clip: int = 0) -> list[int]:
         block = item_block(self.instrument, self.instrument.item_ids[0], session.language)
         transcript = render_transcript(session, first_turn, clip)
-        return _ids(self.tokenizer, _render(self.tokenizer, session.language, transcript, block)[0])
+        return _ids(self.tokenizer, _render(self.tokenizer, session.language, transcript, block, self.prompt_date)[0])
 
     def encode(self, session: Session) -> EncodedSession:
         """Encode a session; a transcript too long for the context keeps its end (whole turns first)."""

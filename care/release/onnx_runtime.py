@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -213,20 +213,25 @@ def load_package(root: str | Path, device: str = "cpu", threads: int | None = No
     root = Path(root)
     manifest = verify_package(root)  # raises on any missing, extra or changed file: nothing is loaded before
     scoring = manifest.get("scoring") or {}
-    if "max_length" not in scoring or "reserve" not in scoring:
-        raise CareError(f"{root}: manifest has no scoring config (max_length, reserve)")
+    if any(key not in scoring for key in ("max_length", "reserve", "prompt_date")):
+        raise CareError(f"{root}: manifest has no scoring config (max_length, reserve, prompt_date)")
     instrument = load_instrument(root / INSTRUMENT_FILE)
+    try:
+        prompt_date = date.fromisoformat(str(scoring["prompt_date"]))
+    except ValueError:
+        raise CareError(f"{root}: manifest scoring.prompt_date is not an ISO date") from None
     return open_model_dir(root, instrument, int(scoring["max_length"]), int(scoring["reserve"]), device, threads,
-                          manifest=manifest)
+                          manifest=manifest, prompt_date=prompt_date)
 
 
 def open_model_dir(root: str | Path, instrument: Instrument, max_length: int, reserve: int, device: str = "cpu",
-                   threads: int | None = None, manifest: dict[str, Any] | None = None) -> Package:
+                   threads: int | None = None, manifest: dict[str, Any] | None = None, *,
+                   prompt_date: date) -> Package:
     """Load an export directory (model.onnx + tokenizer files) WITHOUT a manifest check: for the parity check
     before packaging. Scoring a release goes through `load_package`."""
     root = Path(root)
     tokenizer = PackageTokenizer(root)
-    builder = PromptBuilder(tokenizer, instrument, max_length, reserve)
+    builder = PromptBuilder(tokenizer, instrument, max_length, reserve, prompt_date)
     lm = OnnxLM(root / MODEL_FILE, device=device, threads=threads)
     eos = {tokenizer.eos_token_id}
     gen = _read_json(root / "generation_config.json").get("eos_token_id")

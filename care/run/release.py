@@ -76,7 +76,7 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
         fp16 = rel.export_device == "cuda"
         parity = check_parity(
             work / "merged", work / "onnx", held, instrument, max_length=params.model.max_length,
-            reserve=params.model.target_tokens,
+            reserve=params.model.target_tokens, prompt_date=params.model.prompt_date,
             max_logit_diff=rel.fp16_max_logit_diff if fp16 else rel.max_logit_diff,
             max_score_diff=rel.fp16_max_score_diff if fp16 else rel.max_score_diff, device=rel.export_device,
         )
@@ -101,6 +101,7 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
             "parity": parity,
             "scoring": {"max_length": params.model.max_length, "reserve": params.model.target_tokens,
                         "languages": data.languages, "prompt_version": prompt_version(),
+                        "prompt_date": params.model.prompt_date.isoformat(),
                         "readout": params.eval.readout},
         }
         build_package(package, work / "onnx", None, instrument_path(params.data.instrument), metadata)
