@@ -7,36 +7,44 @@ import hashlib
 import json
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from care.errors import UsageError
+from care.errors import UsageError, label
+
+
+Count = Annotated[int, Field(ge=1)]  # sizes, steps, batches: at least 1
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Share = Annotated[float, Field(ge=0, le=1)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A params section: unknown keys, NaN and infinity are refused (with the key's path in the message)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataParams(_Section):
     path: str = "data/sessions.jsonl"
     instrument: str = "wai-sr"
-    limit: int | None = None  # keep the first N sessions (CI-sized runs)
+    limit: Count | None = None  # keep the first N sessions (CI-sized runs)
 
 
 class TinyParams(_Section):
-    vocab_size: int = 2048
-    hidden_size: int = 128
-    intermediate_size: int = 344
-    layers: int = 2
-    heads: int = 4
-    max_position: int = 4096
-    pretrain_sessions: int = 300
-    pretrain_steps: int = 200
-    pretrain_lr: float = 3e-3
-    pretrain_batch: int = 8
-    pretrain_window: int = 256  # tokens per pretraining row (windows of the documents)
+    vocab_size: Count = 2048
+    hidden_size: Count = 128
+    intermediate_size: Count = 344
+    layers: Count = 2
+    heads: Count = 4
+    max_position: Count = 4096
+    pretrain_sessions: Count = 300
+    pretrain_steps: Count = 200
+    pretrain_lr: Positive = 3e-3
+    pretrain_batch: Count = 8
+    pretrain_window: Count = 256  # tokens per pretraining row (windows of the documents)
     seed: int = 7
 
 
@@ -44,8 +52,8 @@ class ModelParams(_Section):
     preset: Literal["tiny", "llama-3.1-8b-instruct", "qwen2.5-7b-instruct"] = "tiny"
     base: str | None = None  # hub id or local path for the real presets (default: the preset's hub id)
     finetune: Literal["lora", "full"] = "lora"
-    max_length: int = 1024
-    target_tokens: int = 128  # room kept after each prompt for the target (score + rationale); longer is clipped
+    max_length: Count = 1024
+    target_tokens: Count = 128  # room kept after each prompt for the target (score + rationale); longer is clipped
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     gradient_checkpointing: bool | None = None  # None: on for real presets, off for tiny
     # the date every chat template sees (Llama 3.1 writes "Today Date" into the system prompt): fixed, so
@@ -55,33 +63,33 @@ class ModelParams(_Section):
 
 
 class LoraParams(_Section):
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    r: Count = 16
+    alpha: Count = 32
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class TrainParams(_Section):
     targets: Literal["rationale", "score_only"] = "rationale"
     packing: Literal["item", "session"] = "item"
-    epochs: float = 1
-    max_steps: int | None = None
-    lr: float = 3e-3
+    epochs: Positive = 1
+    max_steps: Count | None = None
+    lr: Positive = 3e-3
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = 0.1
+    warmup_ratio: Share = 0.1
     # item layout: examples per micro-batch (with share_prefix, half a session's 12 items); session layout:
     # a step holds whole sessions, about batch_size x grad_accum items
-    batch_size: int = 6
-    grad_accum: int = 4
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    batch_size: Count = 6
+    grad_accum: Count = 4
+    weight_decay: NonNegative = 0.0
+    max_grad_norm: Positive = 1.0
     # encode a session's transcript once per batch and reuse its key/value cache for the batch's items
     # (same loss as separate examples; batches then never mix sessions). Item layout only; off under
     # gradient checkpointing.
     share_prefix: bool = True
     # weight of the score digit (the first target token) against each rationale token in the loss; 1 is
     # plain token-mean cross-entropy (the paper); with score_only targets it weighs the digit against EOS.
-    score_weight: float = 30.0
+    score_weight: Positive = 30.0
     seed: int = 123
 
 
@@ -93,17 +101,17 @@ class CvParams(_Section):
 class WarningParams(_Section):
     """When a run says it learned nothing (care.evaluation.diagnostics); each fold and the aggregate are checked."""
 
-    min_digit_mass: float = 0.5  # mean probability on the scale digits at the answer position
-    min_prediction_sd: float = 0.05  # spread of the predicted dimension scores over held-out sessions
-    max_truncated_share: float = 0.25  # share of transcripts cut to fit the context
+    min_digit_mass: Share = 0.5  # mean probability on the scale digits at the answer position
+    min_prediction_sd: NonNegative = 0.05  # spread of the predicted dimension scores over held-out sessions
+    max_truncated_share: Share = 0.25  # share of transcripts cut to fit the context
 
 
 class EvalParams(_Section):
     readout: Literal["expected", "greedy"] = "expected"
     zero_shot: bool = True
-    rationale_sample: int = 24
-    rationale_max_new_tokens: int = 96
-    batch_size: int = 16
+    rationale_sample: Annotated[int, Field(ge=0)] = 24
+    rationale_max_new_tokens: Count = 96
+    batch_size: Count = 16
     # baselines on the same folds besides counselor / train_mean / zero_shot: TF-IDF + ridge on the
     # transcript (`tfidf`), and a helper-side item mapped to a dimension (`helper_proxy`, e.g. ESConv's
     # {supporter_detail: [task, bond]}); never a counselor rating of the instrument's items
@@ -124,14 +132,14 @@ class GateParams(_Section):
 
 class ReleaseParams(_Section):
     out: str = "release"
-    parity_sessions: int = 3
-    max_logit_diff: float = 1e-3
-    max_score_diff: float = 1e-3
-    merge_max_logit_diff: float = 1e-3
+    parity_sessions: Count = 3
+    max_logit_diff: NonNegative = 1e-3
+    max_score_diff: NonNegative = 1e-3
+    merge_max_logit_diff: NonNegative = 1e-3
     export_device: Literal["cpu", "cuda"] = "cpu"  # cuda: fp16 ONNX, parity against the fp16 thresholds below
-    fp16_max_logit_diff: float = 0.1
-    fp16_max_score_diff: float = 0.02
-    score_batch_size: int = 16  # item prompts per batch over a shared transcript cache (care score)
+    fp16_max_logit_diff: NonNegative = 0.1
+    fp16_max_score_diff: NonNegative = 0.02
+    score_batch_size: Count = 16  # item prompts per batch over a shared transcript cache (care score)
 
 
 class RegistryParams(_Section):
@@ -181,7 +189,10 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UsageError(f"--set {key}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except (yaml.YAMLError, RecursionError):
+        raise UsageError(f"--set {label(key.strip(), 80)}: the value is not valid YAML") from None
 
 
 def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:

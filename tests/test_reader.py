@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import session_dict
+
 from care.errors import CareError
 from care.data.reader import read_jsonl
 
@@ -100,3 +102,19 @@ def test_missing_path_and_directory(tmp_path):
         read_jsonl(tmp_path / "absent.jsonl")
     with pytest.raises(CareError, match="not a file"):
         read_jsonl(tmp_path)
+
+
+def test_a_duplicate_json_key_is_a_located_problem_that_never_names_the_key(tmp_path):
+    import json as _json
+
+    from care.data.reader import read_jsonl
+
+    good = _json.dumps(session_dict())
+    dupe = good[:-1] + ', "client_id": "c999"}'
+    nested = good.replace('"1": 4,', '"1": 4, "1": 5,', 1)
+    path = tmp_path / "s.jsonl"
+    path.write_text("\n".join([good, dupe, nested]) + "\n", "utf-8")
+    parsed = read_jsonl(path)
+    assert [p.line for p in parsed.problems] == [2, 3]
+    assert all("duplicate JSON key" in p.message and "client_id" not in p.message for p in parsed.problems)
+    assert len(parsed.sessions) == 1

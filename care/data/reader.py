@@ -67,6 +67,22 @@ def _lone_surrogate(obj: object) -> str | None:
     return None
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, position: int):
+        super().__init__(position)
+        self.position = position
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """`json.loads` hook: an object whose key repeats is refused (its 1-based position, never the key's text)."""
+    seen: set[str] = set()
+    for k, (key, _) in enumerate(pairs, start=1):
+        if key in seen:
+            raise _DuplicateKey(k)
+        seen.add(key)
+    return dict(pairs)
+
+
 def read_jsonl(path: str | Path) -> ParsedFile:
     """Parse every line of `path` into a Session.
 
@@ -99,7 +115,11 @@ def parse_jsonl(raw: bytes, path: str | Path) -> ParsedFile:
             continue
         out.n_lines += 1
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as exc:
+            out.problems.append(Problem(lineno, "?", "<json>", f"duplicate JSON key (key {exc.position} of an "
+                                        "object repeats an earlier one; which value counts is ambiguous)", str(path)))
+            continue
         except json.JSONDecodeError as exc:
             out.problems.append(Problem(lineno, "?", "<json>", f"malformed JSON: {exc.msg} (column {exc.colno})", str(path)))
             continue
