@@ -12,6 +12,7 @@ import pytest
 
 from care.release.manifest import write_manifest
 from care.registry.promotion import compare, decide_promotion, registry_metadata
+from care.run.artifacts import ModelDir
 from zenml_env import zenml_store  # noqa: F401  (module-scoped fixture)
 
 SECRET_TEXT = "来访者说她今天迟到了因为不想来"  # stands for transcript / rationale text
@@ -264,7 +265,6 @@ def test_register_inside_a_pipeline_uses_the_runs_model_version(zenml_store, tmp
     from zenml import Model, pipeline, step
 
     from care.params import RegistryParams
-    from care.run.artifacts import ModelDir
     from steps import ModelDirMaterializer, register_release
     from zenml_registry.client import list_versions, register_package, show_version
 
