@@ -9,11 +9,19 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from zenml import step
 
 from care.release.manifest import write_manifest
 from care.registry.promotion import compare, decide_promotion, registry_metadata
 from care.run.artifacts import ModelDir
+from steps import ModelDirMaterializer
 from zenml_env import zenml_store  # noqa: F401  (module-scoped fixture)
+
+
+@step(enable_cache=False, output_materializers=ModelDirMaterializer)
+def built_package(package_dir: str) -> ModelDir:
+    """A package directory as the build step hands it on (a test stand-in for build_release)."""
+    return ModelDir(package_dir, key="test-package")
 
 SECRET_TEXT = "来访者说她今天迟到了因为不想来"  # stands for transcript / rationale text
 
@@ -262,17 +270,13 @@ def test_list_and_show_print_metadata_only(zenml_store, tmp_path, cli):
 
 
 def test_register_inside_a_pipeline_uses_the_runs_model_version(zenml_store, tmp_path):
-    from zenml import Model, pipeline, step
+    from zenml import Model, pipeline
 
     from care.params import RegistryParams
-    from steps import ModelDirMaterializer, register_release
+    from steps import register_release
     from zenml_registry.client import list_versions, register_package, show_version
 
     pkg = make_package(tmp_path / "p")
-
-    @step(enable_cache=False, output_materializers=ModelDirMaterializer)
-    def built_package(package_dir: str) -> ModelDir:
-        return ModelDir(package_dir, key="test-package")
 
     @pipeline(model=Model(name="reg-pipe"), enable_cache=False)
     def tiny_release(package_dir: str):
