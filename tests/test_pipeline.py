@@ -120,6 +120,7 @@ def test_failing_gate_stops_before_export_and_names_checks(world, first_run):
     assert gate["passed"] is False
     listing = json.loads(care(world, "models", "list", "--json").stdout)
     assert len([v for v in listing if v.get("stage") == "staging"]) == 1
+    assert len(listing) == 1  # the --no-release rerun and this failed gate created no model version
 
 
 def test_every_step_in_its_own_empty_scratch_space_gives_the_same_results(world, first_run):
