@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from zenml_env import clean_subprocess_env
+from zenml_env import care_world
 
 ROOT = Path(__file__).resolve().parents[1]
 CARE = [sys.executable, "-c", "from care_cli.main import app; app()"]
@@ -22,8 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("honest")
-    env = clean_subprocess_env(base / "zenml")
-    env.update({"CARE_CACHE_DIR": str(base / "cache"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env = care_world(base)
     rows = [json.loads(line) for line in (ROOT / "data" / "sessions.jsonl").read_text("utf-8").splitlines()[:60]]
     for row in rows:
         row["client_ratings"] = {k: 4 for k in row["client_ratings"]}

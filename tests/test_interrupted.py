@@ -189,15 +189,21 @@ def reference(world):
     return train(world, "reference", "cache-reference")
 
 
+def _train_paused_in_fold_2(world, name: str, cache: Path) -> tuple[subprocess.Popen, Path]:
+    """`care train` started so that it pauses at optimizer step 3 of fold 2; (process, its sentinel file)."""
+    base, env = world
+    sentinel = base / f"{name}-paused-in-fold-2"
+    proc = _start_paused(_train_args(base, name), ROOT, {**env, "CARE_CACHE_DIR": str(cache)}, base / f"{name}.log",
+                         "train", sentinel, CARE_TEST_PAUSE_LABEL="fold 2/", CARE_TEST_PAUSE_STEP="3")
+    return proc, sentinel
+
+
 @pytest.fixture(scope="module")
 def interrupted(world):
     """Kill `care train` while fold 2 trains; return what was on disk then, and the completed rerun."""
-    base, env = world
+    base, _ = world
     cache = base / "cache-interrupted"
-    sentinel = base / "paused-in-fold-2"
-    proc = _start_paused(_train_args(base, "killed"), ROOT, {**env, "CARE_CACHE_DIR": str(cache)},
-                         base / "killed.log", "train", sentinel, CARE_TEST_PAUSE_LABEL="fold 2/",
-                         CARE_TEST_PAUSE_STEP="3")
+    proc, sentinel = _train_paused_in_fold_2(world, "killed", cache)
     try:
         _wait_for(lambda: _done_files(cache), "a finished fold's done.json", proc)
         _wait_for(sentinel.exists, "fold 2 training (optimizer step 3)", proc)
@@ -219,12 +225,9 @@ def interrupted(world):
 def test_sigterm_stops_the_whole_run_and_keeps_finished_folds(world):
     """SIGTERM while fold 2 trains: the run stops there (no further step), exits non-zero, and fold 1 is
     cached for the rerun."""
-    base, env = world
+    base, _ = world
     cache = base / "cache-sigterm"
-    sentinel = base / "paused-for-sigterm"
-    proc = _start_paused(_train_args(base, "terminated"), ROOT, {**env, "CARE_CACHE_DIR": str(cache)},
-                         base / "terminated.log", "train", sentinel, CARE_TEST_PAUSE_LABEL="fold 2/",
-                         CARE_TEST_PAUSE_STEP="3")
+    proc, sentinel = _train_paused_in_fold_2(world, "terminated", cache)
     try:
         _wait_for(sentinel.exists, "fold 2 training (optimizer step 3)", proc)
         proc.send_signal(signal.SIGTERM)

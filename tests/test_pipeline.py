@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from care.release.manifest import verify_package
-from zenml_env import clean_subprocess_env
+from zenml_env import care_world
 
 ROOT = Path(__file__).resolve().parents[1]
 CARE = [sys.executable, "-c", "from care_cli.main import app; app()"]
@@ -23,8 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline")
-    env = clean_subprocess_env(base / "zenml")
-    env.update({"CARE_CACHE_DIR": str(base / "cache"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env = care_world(base)
     return base, env
 
 

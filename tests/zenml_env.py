@@ -93,3 +93,10 @@ def zenml_store(tmp_path_factory) -> Iterator[ZenmlStore]:
     finally:
         reset_zenml_singletons()
         mp.undo()
+
+
+def care_world(base: Path) -> dict[str, str]:
+    """The environment of a `care` subprocess with its own ZenML store and cache under `base`, one thread."""
+    env = clean_subprocess_env(base / "zenml")
+    env.update({"CARE_CACHE_DIR": str(base / "cache"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    return env
