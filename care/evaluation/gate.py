@@ -1,4 +1,4 @@
-"""The release gate: thresholds and baseline comparisons on the cross-validated means of ``metrics/cv.json``.
+"""The release gate: thresholds and baseline comparisons on the cross-validated means (`metrics/cv_detail.json`).
 
 Checks, per dimension of ``cv["mean"]`` (plus any dimension named explicitly in the params):
 - ``{dim}.pearson >= min_pearson[dim]`` and ``{dim}.mse <= max_mse[dim]`` ("*" = every other dimension);
