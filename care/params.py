@@ -122,7 +122,7 @@ class EvalParams(_Section):
 
 class GateParams(_Section):
     """Release gate on the cross-validated means (see care.evaluation.gate). Keys are dimensions; "*" applies to
-    every dimension in cv.json not named explicitly. A named dimension missing from cv.json fails."""
+    every dimension in cv_detail.json not named explicitly. A named dimension missing from it fails."""
 
     min_pearson: dict[str, float] = {"*": 0.3}
     max_mse: dict[str, float] = {"*": 1.0}

@@ -168,7 +168,7 @@ def cv_document(
     targets: str,
     extra: Mapping | None = None,
 ) -> dict:
-    """``metrics/cv.json`` from per-fold ``evaluate`` results of the model and of each baseline.
+    """``metrics/cv_detail.json`` from per-fold ``evaluate`` results of the model and of each baseline.
 
     ``folds[k]`` is the model's ``evaluate`` result on fold k; ``baselines_per_fold[k]`` maps a baseline
     name (``counselor``, ``train_mean``, ``tfidf``, ``helper_proxy``, ``zero_shot``) to its ``evaluate`` result on the
