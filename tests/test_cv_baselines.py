@@ -20,7 +20,8 @@ def _scored(test_ids, items):
     pred = {sid: {i: 3.0 for i in items} for sid in test_ids}
     return {"predictions": {"expected": pred, "greedy": pred}, "unparsed": {"expected": 0, "greedy": 0},
             "digit_mass": {"mean": 1.0, "min": 1.0}, "rationale_quality": None, "train": {"wall_s": 0.0},
-            "examples": {"examples": 0}}
+            "examples": {"sessions": 1, "examples": 0, "score_only_fallback_sessions": 0},
+            "transcripts": {"sessions": len(test_ids), "truncated": 0, "mean_tokens": 100.0}}
 
 
 def test_fold_metrics_and_cv_json_carry_tfidf_and_helper_proxy(tmp_path):
@@ -48,7 +49,7 @@ def test_fold_metrics_and_cv_json_carry_tfidf_and_helper_proxy(tmp_path):
         assert proxy["dimensions"]["goal"]["n"] == 0  # unmapped: absent, not invented
         assert proxy["dimensions"]["task"]["n"] == len(folds["folds"][r["fold"]]["sessions"])
         assert r["baselines"]["counselor"]["dimensions"]["task"]["n"] == 0
-    cv = cv_detail(results, p.eval, p.cv, p.train)
+    cv = cv_detail(data, results, scored, p.eval, p.cv, p.train)
     assert json.loads(json.dumps(cv)) == cv
     assert set(cv["baselines"]) == {"counselor", "train_mean", "tfidf", "helper_proxy"}
     # per item: item 1 is what the proxy tracks (except every 4th session)
