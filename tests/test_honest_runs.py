@@ -41,6 +41,7 @@ def test_nothing_learnt_warns_gates_honestly_and_registers_nothing(world):
     base, _, data = world
     out = base / "constant"
     proc = care(world, "train", "--params", "params.ci.yaml", "--set", f"data.path={data}", *DEFAULT_GATE,
+                "--set", "eval.zero_shot=false", "--set", "eval.rationale_sample=0",
                 "--metrics-dir", str(out / "metrics"), "--plots-dir", str(out / "plots"),
                 "--set", f"release.out={out / 'release'}")
     assert proc.returncode == 3, proc.stderr[-3000:]

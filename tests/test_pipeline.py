@@ -67,7 +67,8 @@ def test_pipeline_writes_metrics_release_and_registers_in_staging(world, first_r
     gate = json.loads((out / "metrics" / "gate.json").read_text())
     assert gate["passed"] is True and gate["checks"]
     summary = json.loads((out / "metrics" / "cv.json").read_text())
-    assert summary["gate"] == {"passed": True, "failed_checks": 0}
+    assert summary["gate"] == {"passed": True, "failed_checks": 0, "not_applied": 0}
+    assert summary["warnings"] == sum(w["scope"] == "cv" for w in cv["warnings"])
     for dim in ("goal", "task", "bond"):
         assert summary[dim]["pearson"] == cv["mean"][dim]["pearson"] and summary[dim]["mse"] == cv["mean"][dim]["mse"]
         best = max((b[dim]["pearson"], name) for name, b in cv["baselines"].items() if b[dim]["pearson"] is not None)
@@ -129,15 +130,14 @@ def test_every_step_in_its_own_empty_scratch_space_gives_the_same_results(world,
     scratch.mkdir()
     isolated = {**env, "CARE_STEP_SCRATCH": str(scratch), "CARE_CACHE_DIR": str(base / "driver-cache")}
     out = base / "isolated"
-    args = ["train", "--params", "params.ci.yaml", "--metrics-dir", str(out / "metrics"), "--plots-dir",
-            str(out / "plots"), "--set", f"release.out={out / 'release'}"]
+    args = ["train", "--params", "params.ci.yaml", "--no-release", "--metrics-dir", str(out / "metrics"),
+            "--plots-dir", str(out / "plots")]
     proc = subprocess.run([*CARE, *args], cwd=ROOT, env=isolated, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert len(list(scratch.glob("step-cache-*"))) >= 12  # one per step body
+    assert len(list(scratch.glob("step-cache-*"))) >= 10  # one per step body
     assert not (base / "driver-cache" / "fits").exists()  # nothing trained outside a step's own space
     first = json.loads((first_run[0] / "metrics" / "cv_detail.json").read_text())
     again = json.loads((out / "metrics" / "cv_detail.json").read_text())
     assert again["mean"] == first["mean"] and again["baselines"] == first["baselines"]
     assert again["items"] == first["items"]
-    manifest = verify_package(out / "release")
-    assert manifest["cv"]["mean"] == first["mean"]
+    # the release package itself always reaches release/ through the artifact store (first_run)
