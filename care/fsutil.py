@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,10 +33,26 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int = FILE_MODE, tmp
     one-line CareError; the target is then untouched and no temp file is left.
     """
     path = Path(path)
+    refuse_non_regular(path)
     try:
         return _atomic_write_bytes(path, data, mode, tmp_prefix)
     except OSError as exc:
         raise CareError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})") from None
+
+
+def refuse_non_regular(path: Path) -> None:
+    """Raise unless `path` is absent or a regular file: a FIFO, device, socket, directory or symlink at an
+    output path is never replaced (as root, `--out /dev/null` would otherwise replace the device node)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CareError(f"{path}: cannot check the output path ({exc.strerror or type(exc).__name__})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a symbolic link" if stat.S_ISLNK(st.st_mode) else \
+            "not a regular file"
+        raise CareError(f"{path}: exists and is {kind}; refusing to replace it with an output file")
 
 
 def _atomic_write_bytes(path: Path, data: bytes, mode: int, tmp_prefix: str | None) -> Path:

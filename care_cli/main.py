@@ -298,6 +298,10 @@ def train(
     from care.run.outputs import Outputs
 
     params = load_params(params_file, overrides or [])
+    if release:  # refused before ZenML or any training starts
+        from care.run.outputs import check_release_out
+
+        check_release_out(params.release.out)
     from pipelines.training import run_training
 
     result = run_training(params, Outputs.at(metrics_dir, plots_dir), release=release)

@@ -92,6 +92,8 @@ def run_training(params: Params, outputs, release: bool = True) -> dict:
 
     from care.run import outputs as files
 
+    if release:
+        files.check_release_out(params.release.out)
     for stale in ("gate.json", "cv.json"):
         (Path(outputs.metrics) / stale).unlink(missing_ok=True)
     configured = care_pipeline.with_options(run_name="care-{date}-{time}")

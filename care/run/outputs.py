@@ -7,9 +7,11 @@ to a shared local disk.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from care.errors import CareError
 from care.fsutil import atomic_write_json, atomic_write_lines
 
 
@@ -46,14 +48,43 @@ def write_gate(out: Outputs, detail: dict, gate_doc: dict) -> None:
     atomic_write_json(out.metrics / "cv.json", cv_summary(detail, gate_doc))
 
 
+def _replaceable(out: Path) -> bool:
+    """`out` is absent, an empty directory, or a release package this tool wrote (its manifest says so)."""
+    from care.release.manifest import read_manifest
+    from care.release.package import FORMAT
+
+    if not os.path.lexists(out):
+        return True
+    if out.is_symlink() or not out.is_dir():
+        return False
+    if not any(out.iterdir()):
+        return True
+    try:
+        return read_manifest(out).get("format") == FORMAT
+    except CareError:
+        return False
+
+
+def check_release_out(out: str | Path) -> None:
+    """Refuse, before any work, a `release.out` that holds something this tool did not write."""
+    if not _replaceable(Path(out)):
+        raise CareError(f"release.out {out}: exists and is not a release package this tool wrote; refusing to "
+                        "replace it (move it away or set release.out to another path)")
+
+
 def install_release(package_dir: str | Path, out: str | Path) -> Path:
-    """Copy a verified release package to `out` (replaced atomically), and verify the copy."""
+    """Copy a verified release package to `out` (replaced atomically), and verify the copy.
+
+    An existing `out` is replaced only when it is an empty directory or an earlier release package;
+    anything else there is left alone and the install refused.
+    """
     import shutil
 
     from care.fsutil import atomic_dir
     from care.release.manifest import verify_package
 
-    package_dir = Path(package_dir)
+    package_dir, out = Path(package_dir), Path(out)
+    check_release_out(out)
     verify_package(package_dir)
     with atomic_dir(out) as tmp:
         for src in sorted(package_dir.iterdir()):
