@@ -36,13 +36,15 @@ def build_tiny_release(root: Path) -> dict:
     from peft import LoraConfig, get_peft_model
 
     from care.data.instrument import instrument_path, load_instrument
-    from care.model.prompts import TEXTS, item_block
+    from care.data.prompt_texts import builtin_prompt_texts
+    from care.model.prompts import item_block
     from care.release import build_package, check_parity, export_onnx, merge_adapter
     from care.model.tiny import random_model, train_tokenizer
 
     inst = load_instrument("wai-sr")
     texts = [json.dumps(r, ensure_ascii=False) for r in corpus_rows(30, seed=5)]
-    texts += [json.dumps(t, ensure_ascii=False) for t in TEXTS.values()]
+    texts += [json.dumps(builtin_prompt_texts(lang).model_dump(exclude={"language", "quotes"}), ensure_ascii=False)
+              for lang in ("zh", "en")]
     texts += [item_block(inst, i, lang) for i in inst.item_ids for lang in ("zh", "en")] * 3
     tok = train_tokenizer(texts, 700)
     base = random_model(tok, hidden_size=64, intermediate_size=128, layers=2, heads=4, max_position=2048, seed=3)

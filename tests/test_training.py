@@ -49,12 +49,14 @@ def _params(tmp_path, **train) -> Params:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A small tokenizer + random Llama saved as a base directory, and examples built for it."""
-    from care.model.prompts import TEXTS, item_block
+    from care.data.prompt_texts import builtin_prompt_texts
+    from care.model.prompts import item_block
     from care.model.tiny import random_model, train_tokenizer
 
     inst = load_instrument("wai-sr")
-    texts = [" ".join(WORDS)] * 20 + list(TEXTS["en"]["speakers"].values())
-    texts += [item_block(inst, i, "en") for i in inst.item_ids] + [TEXTS["en"]["system"], TEXTS["en"]["instruction"]]
+    en = builtin_prompt_texts("en")
+    texts = [" ".join(WORDS)] * 20 + [en.speakers.counselor, en.speakers.client]
+    texts += [item_block(inst, i, "en") for i in inst.item_ids] + [en.system, en.instruction]
     tok = train_tokenizer(texts, 500)
     model = random_model(tok, hidden_size=32, intermediate_size=64, layers=1, heads=2, max_position=1024, seed=1)
     path = tmp_path_factory.mktemp("base")

@@ -10,6 +10,7 @@ from typing import Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from care.data.prompt_texts import PromptTexts, builtin_languages, builtin_prompt_texts
 from care.errors import CareError, label
 
 BUILTIN = {"wai-sr": "wai-sr.yaml", "esconv-seeker": "esconv-seeker.yaml"}
@@ -54,6 +55,7 @@ class Instrument(BaseModel):
     scale: Scale
     dimensions: list[str]
     items: list[Item] = Field(min_length=1)
+    prompts: dict[str, PromptTexts] = Field(default_factory=dict)  # wording per language beyond the shipped ones
 
     @model_validator(mode="after")
     def _consistent(self) -> "Instrument":
@@ -70,6 +72,14 @@ class Instrument(BaseModel):
         for dim in self.dimensions:
             if not any(i.dimension == dim for i in self.items):
                 raise ValueError(f"dimension {dim!r} has no items")
+        for lang, texts in self.prompts.items():
+            if texts.language != lang:
+                raise ValueError(f"prompts.{lang}: its language field says {texts.language!r}")
+        missing = [lang for lang in self.languages if lang not in self.prompts and builtin_prompt_texts(lang) is None]
+        if missing:
+            raise ValueError(f"no prompt wording for language(s) {', '.join(missing)}: add prompts.{missing[0]} "
+                             f"(the fields of care/data/prompts/en.yaml) to the instrument; shipped: "
+                             f"{', '.join(builtin_languages())}")
         for point, labels in self.scale.labels.items():
             missing = [lang for lang in self.languages if not labels.get(lang, "").strip()]
             if missing:
@@ -89,6 +99,20 @@ class Instrument(BaseModel):
             if i.id == item_id:
                 return i
         raise KeyError(item_id)
+
+    def prompt_texts(self, language: str) -> PromptTexts:
+        """The prompt wording for `language`: the instrument's own, else the shipped one."""
+        texts = self.prompts.get(language) or builtin_prompt_texts(language)
+        if texts is None or language not in self.languages:
+            raise CareError(f"instrument {self.name}: no prompt wording for language {language!r} "
+                            f"(its languages: {', '.join(self.languages)})")
+        return texts
+
+    def prompts_digest(self) -> str:
+        """sha256 over the wording of every language of the instrument (prompts, caches and packages depend on it)."""
+        import hashlib
+
+        return hashlib.sha256("".join(self.prompt_texts(lang).digest() for lang in sorted(self.languages)).encode()).hexdigest()
 
     def dimension_scores(self, item_values: Mapping[str, float | None]) -> dict[str, float | None]:
         """Each dimension's score: the mean of its items' values; None where any of them is None."""

@@ -41,15 +41,11 @@ PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|reserved_special_token_0|>", "
 
 def _languages(params: Params, languages: Sequence[str] | None) -> list[str]:
     from care.data.instrument import load_instrument
-    from care.model.prompts import TEXTS
 
-    if languages:
-        langs = sorted(set(languages))
-    else:
-        langs = sorted(set(load_instrument(params.data.instrument).languages))
-    unknown = [lang for lang in langs if lang not in TEXTS]
-    if unknown:
-        raise CareError(f"no prompt texts for language(s) {', '.join(unknown)}")
+    instrument = load_instrument(params.data.instrument)
+    langs = sorted(set(languages)) if languages else sorted(set(instrument.languages))
+    for lang in langs:
+        instrument.prompt_texts(lang)  # a language without prompt wording is refused here, by name
     return langs
 
 
@@ -57,13 +53,14 @@ def tiny_key(params: Params, languages: Sequence[str] | None = None) -> str:
     """Cache key of a tiny build: its params, the source it is built from (this module and every `care`
     module it imports: the synthetic corpus, the prompts), the instrument file's content and the languages."""
     from care.cache import source_digest
-    from care.data.instrument import instrument_digest
+    from care.data.instrument import instrument_digest, load_instrument
 
     blob = {
         "tiny": params.model.tiny.model_dump(mode="json"),
         "prompt_date": params.model.prompt_date.isoformat(),
         "source": source_digest(__name__),
         "instrument": instrument_digest(params.data.instrument),
+        "prompts": load_instrument(params.data.instrument).prompts_digest(),
         "languages": _languages(params, languages),
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
@@ -108,7 +105,7 @@ def prepare_base(params: Params, cache_root: str | Path, languages: Sequence[str
 def _pretrain_texts(params: Params, languages: list[str]) -> tuple[list[str], list[str]]:
     """(tokenizer texts, pretraining documents) from a separate synthetic corpus: transcripts only."""
     from care.data.instrument import load_instrument
-    from care.model.prompts import TEXTS, item_block, render_transcript
+    from care.model.prompts import item_block, render_transcript
     from care.data.synth import generate
 
     instrument = load_instrument(params.data.instrument)
@@ -117,23 +114,22 @@ def _pretrain_texts(params: Params, languages: list[str]) -> tuple[list[str], li
     transcripts: list[tuple[str, str]] = []
     for k, lang in enumerate(languages):
         sessions, _ = generate(n_sessions=per_lang, language=lang, seed=TINY_CORPUS_SEED + k)
-        transcripts += [(lang, render_transcript(s)) for s in sessions]
+        transcripts += [(lang, render_transcript(s, instrument.prompt_texts(lang))) for s in sessions]
     prompt_texts = []
     for lang in languages:
-        t = TEXTS[lang]
-        prompt_texts += [t["system"], t["instruction"], t["context"], *t["speakers"].values(), t["item"]]
+        t = instrument.prompt_texts(lang)
+        prompt_texts += [t.system, t.instruction, t.context, t.speakers.counselor, t.speakers.client, t.item]
         prompt_texts += [item_block(instrument, item_id, lang) for item_id in instrument.item_ids]
         prompt_texts += [labels[lang] for labels in instrument.scale.labels.values() if lang in labels]
     return [text for _, text in transcripts] + prompt_texts, transcripts
 
 
-def _render_doc(tokenizer, lang: str, transcript: str, block: str, prompt_date) -> str:
-    from care.model.prompts import TEXTS, template_variables
+def _render_doc(tokenizer, texts, transcript: str, block: str, prompt_date) -> str:
+    from care.model.prompts import template_variables
 
-    t = TEXTS[lang]
     messages = [
-        {"role": "system", "content": t["system"]},
-        {"role": "user", "content": f"{t['instruction']}\n\n{transcript}\n\n{block}"},
+        {"role": "system", "content": texts.system},
+        {"role": "user", "content": f"{texts.instruction}\n\n{transcript}\n\n{block}"},
     ]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                          **template_variables(prompt_date))
@@ -176,8 +172,8 @@ def _build_tiny_into(params: Params, langs: list[str], out: Path) -> dict:
         if k % 3 == 2:  # a third as plain text ending in EOS, so EOS is a token the model has seen
             text = tokenizer.bos_token + transcript + tokenizer.eos_token
         else:  # the rest under the prompt of a random item (no ratings)
-            text = _render_doc(tokenizer, lang, transcript, item_block(instrument, rng.choice(instrument.item_ids), lang),
-                               params.model.prompt_date)
+            text = _render_doc(tokenizer, instrument.prompt_texts(lang), transcript,
+                               item_block(instrument, rng.choice(instrument.item_ids), lang), params.model.prompt_date)
         docs.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     # Pretraining on fixed-length windows of the documents (ending at the document end half the time, so
     # the prompt's closing part is well learnt).

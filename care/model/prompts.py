@@ -14,61 +14,37 @@ from typing import Any
 
 from care.errors import CareError
 from care.data.instrument import Instrument
+from care.data.prompt_texts import PromptTexts, builtin_prompt_texts
 from care.data.schema import Session
 from care.params import ModelParams
 
 IGNORE_INDEX = -100
 
-TEXTS = {
-    "zh": {
-        "system": "你是一名心理咨询的来访者，刚刚结束一次咨询会谈。",
-        "instruction": "下面是这次会谈的完整记录。请站在来访者的角度，根据你在会谈中的真实感受回答问卷题目。",
-        "context": "来访者会谈前的自述：",
-        "speakers": {"counselor": "咨询师", "client": "来访者"},
-        "colon": "：",
-        "item": "题目：{text}\n选项：{options}\n请先只写出你选择的分数（一个数字），再换行说明理由，并引用对话。",
-        "option": "{point}={label}",
-        "sep": "，",
-    },
-    "en": {
-        "system": "You are the client of a counseling session that has just ended.",
-        "instruction": "Below is the full transcript of the session. Answer the questionnaire item as the client, "
-        "from how you really experienced the session.",
-        "context": "The client's own description before the session: ",
-        "speakers": {"counselor": "Counselor", "client": "Client"},
-        "colon": ": ",
-        "item": "Statement: {text}\nOptions: {options}\nFirst write only your score (one digit), then on a new "
-        "line explain why, quoting the dialogue.",
-        "option": "{point} = {label}",
-        "sep": ", ",
-    },
-}
+def render_transcript(session: Session, texts: PromptTexts | None = None, first_turn: int = 0,
+                      clip_chars: int = 0) -> str:
+    """The dialogue as 'Speaker: text' lines, from `first_turn` on; `clip_chars` cuts the start of that turn.
 
-
-def texts_for(language: str) -> dict[str, Any]:
-    if language not in TEXTS:
-        raise CareError(f"no prompt texts for language {language!r} (known: {', '.join(TEXTS)})")
-    return TEXTS[language]
-
-
-def render_transcript(session: Session, first_turn: int = 0, clip_chars: int = 0) -> str:
-    """The dialogue as 'Speaker: text' lines, from `first_turn` on; `clip_chars` cuts the start of that turn."""
-    t = texts_for(session.language)
+    `texts` is the wording of the session's language (default: the shipped wording)."""
+    t = texts or builtin_prompt_texts(session.language)
+    if t is None:
+        raise CareError(f"no prompt wording for language {session.language!r}")
+    speakers = {"counselor": t.speakers.counselor, "client": t.speakers.client}
     lines = []
     if session.context and first_turn == 0:
-        lines.append(t["context"] + session.context)
+        lines.append(t.context + session.context)
     for i, turn in enumerate(session.turns[first_turn:]):
         text = turn.text[clip_chars:] if i == 0 else turn.text
-        lines.append(t["speakers"].get(turn.speaker, turn.speaker) + t["colon"] + text)
+        lines.append(speakers.get(turn.speaker, turn.speaker) + t.colon + text)
     return "\n".join(lines)
 
 
 def item_block(instrument: Instrument, item_id: str, language: str) -> str:
-    t = texts_for(language)
-    options = t["sep"].join(
-        t["option"].format(point=p, label=instrument.scale.labels[p][language]) for p in instrument.scale.points
+    """The item as the prompt shows it: its text and the scale's options in `language`."""
+    t = instrument.prompt_texts(language)
+    options = t.sep.join(
+        t.option.format(point=p, label=instrument.scale.labels[p][language]) for p in instrument.scale.points
     )
-    return t["item"].format(text=instrument.item(item_id).text[language], options=options)
+    return t.item.format(text=instrument.item(item_id).text[language], options=options)
 
 
 def template_variables(prompt_date: date) -> dict[str, Any]:
@@ -77,11 +53,10 @@ def template_variables(prompt_date: date) -> dict[str, Any]:
     return {"date_string": prompt_date.strftime("%d %b %Y"), "strftime_now": prompt_date.strftime}
 
 
-def _render(tokenizer, language: str, transcript: str, block: str, prompt_date: date) -> tuple[str, str]:
+def _render(tokenizer, texts: PromptTexts, transcript: str, block: str, prompt_date: date) -> tuple[str, str]:
     """The chat-templated prompt, split where the item block starts: (prefix, suffix)."""
-    t = texts_for(language)
-    user = f"{t['instruction']}\n\n{transcript}\n\n"
-    messages = [{"role": "system", "content": t["system"]}, {"role": "user", "content": user + block}]
+    user = f"{texts.instruction}\n\n{transcript}\n\n"
+    messages = [{"role": "system", "content": texts.system}, {"role": "user", "content": user + block}]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                              **template_variables(prompt_date))
     cut = rendered.rfind(block)
@@ -136,16 +111,17 @@ class PromptBuilder:
     def suffixes(self, language: str) -> dict[str, list[int]]:
         if language not in self._suffix_cache:
             self._suffix_cache[language] = {
-                item: _ids(self.tokenizer, _render(self.tokenizer, language, "", item_block(self.instrument, item, language),
-                                                 self.prompt_date)[1])
+                item: _ids(self.tokenizer, _render(self.tokenizer, self.instrument.prompt_texts(language), "",
+                                                 item_block(self.instrument, item, language), self.prompt_date)[1])
                 for item in self.instrument.item_ids
             }
         return self._suffix_cache[language]
 
     def _prefix(self, session: Session, first_turn: int, clip: int = 0) -> list[int]:
+        texts = self.instrument.prompt_texts(session.language)
         block = item_block(self.instrument, self.instrument.item_ids[0], session.language)
-        transcript = render_transcript(session, first_turn, clip)
-        return _ids(self.tokenizer, _render(self.tokenizer, session.language, transcript, block, self.prompt_date)[0])
+        transcript = render_transcript(session, texts, first_turn, clip)
+        return _ids(self.tokenizer, _render(self.tokenizer, texts, transcript, block, self.prompt_date)[0])
 
     def encode(self, session: Session) -> EncodedSession:
         """Encode a session; a transcript too long for the context keeps its end (whole turns first)."""

@@ -29,6 +29,7 @@ class DataRef(BaseModel):
     limit: int | None
     instrument: str
     instrument_sha256: str
+    prompts_sha256: str  # the prompt wording of the instrument's languages (shipped or its own)
     n_sessions: int
     n_clients: int
     n_with_counselor_ratings: int
@@ -71,6 +72,7 @@ def validate_data(data: DataParams) -> DataRef:
         limit=data.limit,
         instrument=data.instrument,
         instrument_sha256=instrument_digest(data.instrument),
+        prompts_sha256=instrument.prompts_digest(),
         n_sessions=len(sessions),
         n_clients=len({s.client_id for s in sessions}),
         n_with_counselor_ratings=sum(s.counselor_ratings is not None for s in sessions),
@@ -90,10 +92,14 @@ def load_data(ref: DataRef) -> tuple[list[Session], Instrument]:
                           "start a new run")
     if instrument_digest(ref.instrument) != ref.instrument_sha256:
         raise DataChanged(f"instrument {ref.instrument}: changed after this run validated the data; start a new run")
+    instrument = load_instrument(ref.instrument)
+    if instrument.prompts_digest() != ref.prompts_sha256:
+        raise DataChanged(f"instrument {ref.instrument}: its prompt wording changed after this run validated the data; "
+                          "start a new run")
     parsed = parse_jsonl(raw, path)
     if parsed.problems:  # same bytes as validated: cannot happen unless the schema code changed mid-run
         raise DataChanged(f"{path}: no longer parses as it did at validation; start a new run")
-    return _limited(parsed.sessions, ref.limit), load_instrument(ref.instrument)
+    return _limited(parsed.sessions, ref.limit), instrument
 
 
 def split(sessions: list[Session], folds_doc: dict | None, k: int | None) -> tuple[list[Session], list[Session]]:

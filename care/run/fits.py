@@ -42,7 +42,8 @@ def fit_key(data: DataRef, fit: FitParams, train_ids: list[str], base: ModelDir)
     """Cache key of a fine-tuned model (see the module docstring)."""
     return digest({
         "data": data.sha256, "train": sorted(train_ids), "base": base.key,
-        "instrument": data.instrument_sha256, "source": source_digest("care.model.training"),
+        "instrument": data.instrument_sha256, "prompts": data.prompts_sha256,
+        "source": source_digest("care.model.training"),
         "params": fit.model_dump(mode="json", include={"model", "lora", "train"}),
     })[:24]
 

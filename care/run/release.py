@@ -9,7 +9,6 @@ from pathlib import Path
 import yaml
 
 from care.errors import CareError
-from care.data.instrument import instrument_path
 from care.cache import cache_root, digest
 from care.params import Params
 from care.release.manifest import MANIFEST, sha256_file
@@ -39,11 +38,21 @@ def git_commit() -> str | None:
         return None
 
 
-def prompt_version() -> str:
-    """The prompt format's version: a digest of the code that renders prompts (never bumped by hand)."""
+def prompt_version(instrument) -> str:
+    """The prompt format's version: a digest of the code that renders prompts and of the instrument's
+    prompt wording (never bumped by hand)."""
     from care.cache import source_digest
 
-    return source_digest("care.model.prompts")[:12]
+    return digest([source_digest("care.model.prompts"), instrument.prompts_digest()])[:12]
+
+
+def resolved_instrument(instrument, path: Path) -> Path:
+    """The instrument as YAML with the prompt wording of each of its languages written in, so a package
+    renders the same prompts whatever wording a later version of this tool ships."""
+    doc = instrument.model_dump(mode="json")
+    doc["prompts"] = {lang: instrument.prompt_texts(lang).model_dump(mode="json") for lang in instrument.languages}
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), "utf-8")
+    return path
 
 
 def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir, cv: dict, gate: dict) -> ModelDir:
@@ -100,11 +109,11 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
             "export": export,
             "parity": parity,
             "scoring": {"max_length": params.model.max_length, "reserve": params.model.target_tokens,
-                        "languages": data.languages, "prompt_version": prompt_version(),
+                        "languages": data.languages, "prompt_version": prompt_version(instrument),
                         "prompt_date": params.model.prompt_date.isoformat(),
                         "readout": params.eval.readout},
         }
-        build_package(package, work / "onnx", None, instrument_path(params.data.instrument), metadata)
+        build_package(package, work / "onnx", None, resolved_instrument(instrument, work / "instrument.yaml"), metadata)
     finally:
         for name in ("merged", "onnx"):
             shutil.rmtree(work / name, ignore_errors=True)
