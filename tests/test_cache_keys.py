@@ -15,7 +15,7 @@ PACKAGE = Path(care.__file__).resolve().parent
 KEY = ("from care.model.presets import tiny_key; from care.params import Params; "
        "from care.run.fits import fit_key; from care.run.artifacts import ModelDir; "
        "from care.run.data import DataRef; "
-       "d = DataRef(path='x', sha256='0', limit=None, instrument='wai-sr', instrument_sha256='1', n_sessions=1, "
+       "d = DataRef(path='x', sha256='0', limit=None, instrument='wai-sr', instrument_sha256='1', prompts_sha256='2', n_sessions=1, "
        "n_clients=1, n_with_counselor_ratings=0, n_with_rationales=0, languages=['zh']); "
        "print(tiny_key(Params(), ['zh']), fit_key(d, Params().fit, ['s1'], ModelDir('b', 'b')))")
 
@@ -40,7 +40,9 @@ def test_editing_a_module_changes_the_keys_that_depend_on_it(tmp_path):
         shutil.copytree(PACKAGE, root / "care", ignore=shutil.ignore_patterns("__pycache__"))
         return root
 
-    same, synth, metrics = copy("same"), copy("synth"), copy("metrics")
+    same, synth, metrics, wording = copy("same"), copy("synth"), copy("metrics"), copy("wording")
+    zh = wording / "care" / "data" / "prompts" / "zh.yaml"
+    zh.write_text(zh.read_text("utf-8").replace("刚刚结束一次咨询会谈", "刚刚结束一次会谈"), "utf-8")
     with open(synth / "care" / "data" / "synth" / "phrases_zh.py", "a", encoding="utf-8") as f:
         f.write("\n# an edit to the corpus the tiny base is pretrained on\n")
     with open(metrics / "care" / "evaluation" / "metrics.py", "a", encoding="utf-8") as f:
@@ -50,3 +52,4 @@ def test_editing_a_module_changes_the_keys_that_depend_on_it(tmp_path):
     base_metrics, fit_metrics = _keys(metrics)
     assert base_synth != base_same and fit_synth != fit_same
     assert (base_metrics, fit_metrics) == (base_same, fit_same)
+    assert _keys(wording)[0] != base_same  # the prompt wording is data, and the base is built from it
