@@ -57,7 +57,7 @@ def test_nothing_learnt_warns_gates_honestly_and_registers_nothing(world):
     checks = {(w["scope"], w["check"], w["dimension"]) for w in detail["warnings"]}
     assert ("cv", "pearson", "goal") in checks and ("fold 0", "mse_vs_train_mean", "bond") in checks
     summary = json.loads((out / "metrics" / "cv.json").read_text())
-    assert summary["warnings"] >= 6 and summary["gate"]["not_applied"] == 3
+    assert summary["warnings"] >= 6 and summary["gate_not_applied"] == 3 and summary["gate_passed"] is False
     assert not (out / "release").exists()
     listing = care(world, "models", "list")
     assert listing.returncode == 1 and "no model named 'care-alliance' in the registry yet" in listing.stderr

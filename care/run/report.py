@@ -4,8 +4,8 @@
   digit mass, rationale quality and example counts; what `scripts/cv_table.py`, the model card and the
   registry read.
 - `cv_summary` (metrics/cv.json, the DVC metrics file): per dimension the model's mean Pearson and MSE and
-  the best baseline on each, plus the gate verdict: about 20 numbers that `dvc metrics show` prints in
-  one table and `dvc metrics diff` compares.
+  the best baseline on each, plus the gate verdict and the warnings count: about 20 values that
+  `dvc metrics show` prints in one table and `dvc metrics diff` compares.
 """
 
 from __future__ import annotations
@@ -84,29 +84,29 @@ def cv_detail(data: DataRef, fold_results: list[dict], scored: list[dict], eval:
     return doc
 
 
-def _best(baselines: dict, dim: str, metric: str) -> dict[str, Any]:
+def _best(baselines: dict, dim: str, metric: str) -> tuple[str | None, float | None]:
     values = [(name, (b.get(dim) or {}).get(metric)) for name, b in baselines.items()]
     values = [(name, v) for name, v in values if v is not None]
     if not values:
-        return {"name": None, "value": None}
+        return None, None
     pick = max if metric == "pearson" else min
-    name, value = pick(values, key=lambda nv: nv[1])
-    return {"name": name, "value": value}
+    return pick(values, key=lambda nv: nv[1])
 
 
 def cv_summary(detail: dict, gate_doc: dict) -> dict:
-    """`metrics/cv.json`: per dimension the model's Pearson and MSE, the best baseline on each, the gate."""
+    """`metrics/cv.json`: per dimension the model's Pearson and MSE and the best baseline on each (`best_r`,
+    `best_r_by`, `best_mse`, `best_mse_by`), then the gate verdict and the count of overall warnings. Short
+    keys: `dvc metrics show` prints them as one row of about 20 columns."""
     baselines = detail["baselines"]
     summary: dict[str, Any] = {}
     for dim, m in detail["mean"].items():
-        summary[dim] = {
-            "pearson": m["pearson"],
-            "mse": m["mse"],
-            "best_baseline_pearson": _best(baselines, dim, "pearson"),
-            "best_baseline_mse": _best(baselines, dim, "mse"),
-        }
-    summary["gate"] = {"passed": bool(gate_doc["passed"]), "failed_checks": len(gate_doc["failed"]),
-                       "not_applied": len(gate_doc["not_applied"])}
+        best_r_by, best_r = _best(baselines, dim, "pearson")
+        best_mse_by, best_mse = _best(baselines, dim, "mse")
+        summary[dim] = {"pearson": m["pearson"], "mse": m["mse"], "best_r": best_r, "best_r_by": best_r_by,
+                        "best_mse": best_mse, "best_mse_by": best_mse_by}
+    summary["gate_passed"] = bool(gate_doc["passed"])
+    summary["gate_failed"] = len(gate_doc["failed"])
+    summary["gate_not_applied"] = len(gate_doc["not_applied"])
     summary["warnings"] = sum(1 for w in detail["warnings"] if w["scope"] == "cv")
     return summary
 
