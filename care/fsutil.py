@@ -45,14 +45,14 @@ def refuse_non_regular(path: Path) -> None:
     output path is never replaced (as root, `--out /dev/null` would otherwise replace the device node)."""
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # absent (a parent that is a file fails at the write)
         return
     except OSError as exc:
-        raise CareError(f"{path}: cannot check the output path ({exc.strerror or type(exc).__name__})") from None
+        raise CareError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})") from None
     if not stat.S_ISREG(st.st_mode):
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a symbolic link" if stat.S_ISLNK(st.st_mode) else \
             "not a regular file"
-        raise CareError(f"{path}: exists and is {kind}; refusing to replace it with an output file")
+        raise CareError(f"{path}: cannot write: it exists and is {kind}; refusing to replace it with an output file")
 
 
 def _atomic_write_bytes(path: Path, data: bytes, mode: int, tmp_prefix: str | None) -> Path:
