@@ -55,9 +55,9 @@ def care_pipeline(params: Params, release: bool = True) -> None:
         final = final_fit(data=data, fit=fit, base=base, gate=gate)
         package = build_release(params=params, data=data, model=final, base=base, cv_detail=detail, gate=gate)
         # Only this step carries the Model: a version exists only for a registered release (ZenML numbers it).
-        model = Model(name=params.registry.model_name, description="CARE: client-rated scores, item by item",
-                      tags=["care", params.model.preset, params.train.targets])
-        register_release.with_options(model=model)(package=package, gate=gate, registry=params.registry)
+        version = Model(name=params.registry.model_name, description="CARE: client-rated scores, item by item",
+                        tags=["care", params.model.preset, params.train.targets])
+        register_release.with_options(model=version)(package=package, gate=gate, registry=params.registry)
 
 
 @contextlib.contextmanager
@@ -83,8 +83,9 @@ def _output(run, step: str, name: str):
 def run_training(params: Params, outputs, release: bool = True) -> dict:
     """Run the pipeline with a ZenML Model (numbered versions), then write its files from the artifacts.
 
-    Returns {"run", "status", "failed_steps", "gate" (gate.json contents or None), "registration", "error"}.
-    A failed step (the final fit refuses a failed gate) is reported through the status, never swallowed.
+    Returns {"run", "status", "failed_steps", "gate" (gate.json contents or None), "registration", "error",
+    "interrupted" (Ctrl-C or SIGTERM), "warnings" (care.evaluation.diagnostics)}. A failed step (the final fit
+    refuses a failed gate) is reported through the status, never swallowed.
     """
     from pathlib import Path
 
@@ -94,7 +95,7 @@ def run_training(params: Params, outputs, release: bool = True) -> dict:
 
     if release:
         files.check_release_out(params.release.out)
-    for stale in ("gate.json", "cv.json"):
+    for stale in ("gate.json", "cv.json", "cv_detail.json"):
         (Path(outputs.metrics) / stale).unlink(missing_ok=True)
     configured = care_pipeline.with_options(run_name="care-{date}-{time}")
     error = None
