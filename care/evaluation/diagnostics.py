@@ -20,10 +20,10 @@ from care.params import WarningParams
 
 def prediction_spread(pred_items: Mapping[str, Mapping[str, float | None]], instrument) -> dict[str, float | None]:
     """Per dimension, the sample std of the predicted dimension scores over sessions (None under 2 sessions)."""
+    per_session = [instrument.dimension_scores(p) for p in pred_items.values()]
     out: dict[str, float | None] = {}
     for dim in instrument.dimensions:
-        values = [instrument.dimension_scores(p)[dim] for p in pred_items.values()]
-        values = [v for v in values if v is not None]
+        values = [d[dim] for d in per_session if d[dim] is not None]
         out[dim] = statistics.stdev(values) if len(values) >= 2 else None
     return out
 

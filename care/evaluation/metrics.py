@@ -88,15 +88,17 @@ def evaluate(
                 n_missing += 1
                 incomplete.add(sid)
         items_out[item] = score_metrics(p, t)
-    dims_out: dict = {}
-    for dim, ids in instrument.items_by_dimension.items():
-        p, t = [], []
-        for sid in sids:
-            pred = pred_items.get(sid, {})
-            if all(_present(pred.get(i)) for i in ids):
-                p.append(sum(float(pred[i]) for i in ids) / len(ids))
-                t.append(sum(float(true_items[sid][i]) for i in ids) / len(ids))
-        dims_out[dim] = score_metrics(p, t)
+    pairs: dict[str, tuple[list[float], list[float]]] = {dim: ([], []) for dim in instrument.dimensions}
+    for sid in sids:
+        raw = pred_items.get(sid, {})
+        pred = instrument.dimension_scores({i: float(raw[i]) if _present(raw.get(i)) else None
+                                            for i in instrument.item_ids})
+        true = instrument.dimension_scores({i: float(v) for i, v in true_items[sid].items()})
+        for dim, (p, t) in pairs.items():
+            if pred[dim] is not None:
+                p.append(pred[dim])
+                t.append(true[dim])
+    dims_out = {dim: score_metrics(p, t) for dim, (p, t) in pairs.items()}
     return {
         "dimensions": dims_out,
         "items": items_out,

@@ -43,14 +43,11 @@ def predictions_rows(
             if sid not in true_items:
                 continue
             true = {i: int(true_items[sid][i]) for i in instrument.item_ids}
-            raw = pred_items.get(sid, {})
-            pred = {i: _num(raw.get(i)) for i in instrument.item_ids}
-            pred = {i: (None if v is None else round(v, decimals)) for i, v in pred.items()}
-            dim_pred, dim_true = {}, {}
-            for dim, ids in instrument.items_by_dimension.items():
-                dim_true[dim] = round(sum(true[i] for i in ids) / len(ids), decimals)
-                values = [_num(raw.get(i)) for i in ids]
-                dim_pred[dim] = None if None in values else round(sum(values) / len(values), decimals)
+            raw = {i: _num(pred_items.get(sid, {}).get(i)) for i in instrument.item_ids}
+            pred = {i: (None if v is None else round(v, decimals)) for i, v in raw.items()}
+            dim_true = {d: round(v, decimals) for d, v in instrument.dimension_scores(true).items()}
+            dim_pred = {d: (None if v is None else round(v, decimals))
+                        for d, v in instrument.dimension_scores(raw).items()}
             rows.append(
                 {
                     "session_id": sid,

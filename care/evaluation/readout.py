@@ -51,6 +51,7 @@ class SessionScore:
     dimensions_expected: dict[str, float]
     dimensions_greedy: dict[str, float | None]  # None when any item of the dimension is unparsed
     truncated: bool = False  # the transcript was cut (its start dropped) to fit the context
+    prefix_tokens: int = 0  # tokens of the shared prompt prefix (instruction and transcript) after any cut
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -217,7 +218,7 @@ def _session_score(enc: EncodedSession, instrument: Instrument, items: dict[str,
     ordered = {i: items[i] for i in instrument.item_ids}
     expected = instrument.dimension_scores({i: s.expected for i, s in ordered.items()})
     greedy = instrument.dimension_scores({i: s.greedy for i, s in ordered.items()})
-    return SessionScore(enc.session_id, ordered, expected, greedy, enc.truncated)
+    return SessionScore(enc.session_id, ordered, expected, greedy, enc.truncated, len(enc.prefix))
 
 
 def score_sessions(backend: Backend, builder: PromptBuilder, sessions: Iterable[Session], *, eos_ids: Iterable[int],

@@ -67,7 +67,7 @@ def score_fold(data: DataRef, folds_doc: dict, k: int, fit: FitParams, eval: Eva
     scores = score_sessions(lm, tokenizer, build, test, batch_size=eval.batch_size)
     preds = {mode: readout(scores, instrument, mode) for mode in READOUTS}
     masses = [it.digit_mass for s in scores for it in s.items.values()]
-    tokens = [len(build.encode(s).prefix) for s in test]
+    tokens = [s.prefix_tokens for s in scores]
     result: dict[str, Any] = {
         "fold": k,
         "transcripts": {"sessions": len(test), "truncated": sum(s.truncated for s in scores),
