@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no CUDA device")
     name = torch.cuda.get_device_name() if dev == "cuda" else dev
     params = Params()
-    base = prepare_base(params, args.cache, ["zh"])
+    base, _ = prepare_base(params)
     tok = load_tokenizer(base)
     builder = PromptBuilder(tok, load_instrument("wai-sr"), params.model.max_length, params.model.target_tokens)
     sessions, _ = generate(n_sessions=args.sessions, seed=3)

@@ -70,7 +70,7 @@ def cpu_layout(args) -> dict:
     params.model.max_length = args.max_length
     sessions, _ = generate(n_sessions=args.sessions, seed=1, mean_utterances=args.utterances)
     sessions = lengthen(sessions, args.utterances, args.chars, seed=1)
-    base = prepare_base(params, args.cache, ["zh"])
+    base, _ = prepare_base(params)
     builder = PromptBuilder(load_tokenizer(base), load_instrument(params.data.instrument), params.model.max_length,
                             params.model.target_tokens)
     examples, ex_stats = build_examples(sessions, builder, "rationale")

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     params.model.finetune = args.finetune
     sessions, _ = generate(n_sessions=args.sessions, seed=1)
     t0 = time.perf_counter()
-    base = prepare_base(params, args.cache, sorted({s.language for s in sessions}))
+    base, _ = prepare_base(params)
     base_s = time.perf_counter() - t0
     tokenizer = load_tokenizer(base)
     builder = PromptBuilder(tokenizer, load_instrument(params.data.instrument), params.model.max_length,

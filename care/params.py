@@ -33,19 +33,50 @@ class DataParams(_Section):
     limit: Count | None = None  # keep the first N sessions (CI-sized runs)
 
 
-class TinyParams(_Section):
-    vocab_size: Count = 2048
-    hidden_size: Count = 128
-    intermediate_size: Count = 344
-    layers: Count = 2
+class BaseCorpusParams(_Section):
+    """The unlabelled pretraining corpus of the embedded base (`care base build`): synthetic transcripts from
+    seeds that never generate the default data (seed 0), plus multi-script text that ships with Faker."""
+
+    languages: list[str] = ["zh", "en"]  # synthetic transcript languages (care.data.synth)
+    sessions_per_language: Count = 40000
+    heldout_sessions_per_language: Count = 200  # held-out documents for the LM loss curve
+    seed: int = Field(10_000, ge=1000)  # synthetic seeds seed, seed+1, ...; the default data is seed 0
+    utterances: Annotated[int, Field(ge=10)] = 24  # mean utterances per session
+    script_locales: list[str] = [  # Faker locales whose text teaches the tokenizer (and the model) other scripts
+        "ja_JP", "zh_CN", "zh_TW", "ko_KR", "ru_RU", "uk_UA", "el_GR", "he_IL", "ar_AA", "fa_IR", "hy_AM",
+        "th_TH", "hi_IN", "bn_BD", "ka_GE", "vi_VN", "de_DE", "fr_FR", "es_ES", "pl_PL", "cs_CZ", "tr_TR"]
+    script_lines_per_locale: Count = 3000  # lines of Faker text per locale
+    script_share: Share = 0.05  # share of pretraining documents that are multi-script text
+
+
+class BaseBuildParams(_Section):
+    """How `care base build` makes the embedded `tiny` base: tokenizer, architecture, pretraining schedule."""
+
+    vocab_size: Count = 8192
+    hidden_size: Count = 256
+    intermediate_size: Count = 688
+    layers: Count = 4
     heads: Count = 4
     max_position: Count = 4096
-    pretrain_sessions: Count = 300
-    pretrain_steps: Count = 200
-    pretrain_lr: Positive = 3e-3
-    pretrain_batch: Count = 8
-    pretrain_window: Count = 256  # tokens per pretraining row (windows of the documents)
+    window: Count = 1024  # tokens per pretraining row: whole documents up to this length
+    batch: Count = 8  # documents per step
+    steps: Count = 6000
+    lr: Positive = 1e-3
+    min_lr_ratio: Share = 0.1  # cosine decay to lr x this
+    warmup_steps: Annotated[int, Field(ge=0)] = 200
+    weight_decay: NonNegative = 0.01
+    eval_every: Count = 250  # steps between held-out loss evaluations (the loss curve)
+    checkpoint_every: Count = 500  # steps between resumable checkpoints
     seed: int = 7
+    corpus: BaseCorpusParams = BaseCorpusParams()
+
+
+class TinyBaseParams(_Section):
+    """Where the `tiny` preset finds its shipped base (DVC-tracked, `base.dvc`) and the content digest it must
+    have (`care base build` prints it)."""
+
+    path: str = "base/tiny"
+    digest: str | None = None  # sha256 over the base's files; None accepts any base (a warning names it)
 
 
 class ModelParams(_Section):
@@ -59,7 +90,8 @@ class ModelParams(_Section):
     # the date every chat template sees (Llama 3.1 writes "Today Date" into the system prompt): fixed, so
     # prompts, cache keys and scores do not change from one day to the next
     prompt_date: date = date(2024, 7, 26)
-    tiny: TinyParams = TinyParams()
+    tiny_base: TinyBaseParams = TinyBaseParams()  # the `tiny` preset's shipped base
+    base_build: BaseBuildParams = BaseBuildParams()  # how `care base build` makes it
 
 
 class LoraParams(_Section):

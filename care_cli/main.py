@@ -25,9 +25,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: list, show, promote, pull.")
 annotations_app = typer.Typer(no_args_is_help=True, help="Add annotated sessions to the DVC-tracked data.")
 import_app = typer.Typer(no_args_is_help=True, help="Import public corpora into the annotation format.")
+base_app = typer.Typer(no_args_is_help=True, help="The embedded `tiny` base: build it, or print a base's digest.")
 app.add_typer(models_app, name="models")
 app.add_typer(annotations_app, name="annotations")
 app.add_typer(import_app, name="import")
+app.add_typer(base_app, name="base")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -111,6 +113,42 @@ def import_esconv_cmd(
         typer.echo(f"off-scale or non-integer values (reported in {out / 'import.json'}): {total['off_scale']}", err=True)
     typer.echo(f"wrote {total['written']} of {total['read']} dialog(s) to {out / 'sessions.jsonl'} "
                f"(instrument {INSTRUMENT})")
+
+
+# ------------------------------------------------------------------------------ care base
+
+
+@base_app.command("build")
+@handles_errors
+def base_build_cmd(
+    out: Path = typer.Option(..., "--out", help="Directory to write the base into (replaced only when complete)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Params file giving model.base_build."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a param: KEY=VALUE (repeatable)."),
+) -> None:
+    """Pretrain the embedded base (model.base_build); resumes from OUT.checkpoint/ after an interruption."""
+    from care.model.base_build import build_base
+    from care.model.base_files import base_digest, check_base_out
+    from care.params import load_params
+
+    p = load_params(params, overrides)
+    check_base_out(out)
+    card = build_base(p, out)
+    digest = base_digest(out)
+    typer.echo(f"built {out}: {card['parameters']:,} parameters, {card['pretrain_tokens']:,} pretraining tokens, "
+               f"held-out loss {card['heldout_loss']}, {card['build_seconds']} s")
+    typer.echo(f"digest {digest}")
+    typer.echo(f"to use it: set model.tiny_base.path: {out} and model.tiny_base.digest: {digest} in {params}")
+
+
+@base_app.command("digest")
+@handles_errors
+def base_digest_cmd(path: Path = typer.Argument(..., help="A base directory.")) -> None:
+    """Print the content digest the tiny preset checks (model.tiny_base.digest)."""
+    from care.model.base_files import base_digest
+
+    if not path.is_dir():
+        raise CareError(f"{path}: not a directory")
+    typer.echo(base_digest(path))
 
 
 # ------------------------------------------------------------------------------ care annotations add

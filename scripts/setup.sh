@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set-up: a virtual environment with the pinned stack (CPU build of torch, onnxruntime for CPU),
-# the project installed editable, and the default data fetched from the DVC remote committed in the repo.
+# the project installed editable, and the default data and the embedded base fetched from the DVC remote
+# committed in the repo.
 # Usage: bash scripts/setup.sh [cpu|gpu]     (default cpu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,6 @@ fi
 python -m pip install --quiet -e ".[${extra},dev]"
 python -m pip check
 export DVC_NO_ANALYTICS=1
-dvc pull --quiet data.dvc
-dvc status --quiet data.dvc || { echo "dvc status is not clean after pull" >&2; exit 1; }
+dvc pull --quiet data.dvc base.dvc
+dvc status --quiet data.dvc base.dvc || { echo "dvc status is not clean after pull" >&2; exit 1; }
 echo "set-up done: activate with '. .venv/bin/activate'"

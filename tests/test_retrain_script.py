@@ -47,7 +47,7 @@ def test_retrain_script_in_a_fresh_clone(tmp_path):
     def run(*cmd: str, timeout: int = 120) -> subprocess.CompletedProcess:
         return subprocess.run(list(cmd), cwd=clone, env=env, capture_output=True, text=True, timeout=timeout)
 
-    pull = run(sys.executable, "-m", "dvc", "pull", "--quiet", "data.dvc")
+    pull = run(sys.executable, "-m", "dvc", "pull", "--quiet", "data.dvc", "base.dvc")
     assert pull.returncode == 0, pull.stdout[-3000:] + pull.stderr[-3000:]
 
     result = run("bash", "scripts/retrain.sh", timeout=540)

@@ -221,31 +221,3 @@ def test_pad_token_never_eos():
     t = Tok()
     ensure_pad_token(t)
     assert t.pad_token == "<|reserved_special_token_0|>"
-
-
-def test_prepare_base_tiny_and_presets(tmp_path):
-    pytest.importorskip("care.data.synth")
-    from care.model.presets import BASE_CARD, PRESETS, load_base, prepare_base
-
-    p = Params()
-    t = p.model.tiny
-    t.vocab_size, t.hidden_size, t.intermediate_size, t.layers, t.heads = 400, 32, 64, 1, 2
-    t.pretrain_sessions, t.pretrain_steps, t.pretrain_batch, t.pretrain_window = 6, 3, 2, 64
-    d = prepare_base(p, tmp_path, ["zh"])
-    assert (d / BASE_CARD).is_file() and (d / "model.safetensors").is_file()
-    assert prepare_base(p, tmp_path, ["zh"]) == d  # cached
-    model, tok = load_base(d, p, "cpu")
-    assert next(model.parameters()).dtype == torch.float32 and not model.training
-    assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
-    assert tok.model_input_names == ["input_ids", "attention_mask"]
-    t.seed = 8  # another recipe, another cache entry
-    assert prepare_base(p, tmp_path, ["zh"]) != d
-    # real presets resolve to their hub id (nothing downloaded here) or a local directory
-    p.model.preset = "qwen2.5-7b-instruct"
-    ref = prepare_base(p, tmp_path)
-    assert str(ref) == PRESETS["qwen2.5-7b-instruct"]["hub_id"] or (ref / "config.json").is_file()
-    p.model.base = str(d)
-    assert prepare_base(p, tmp_path) == d.resolve()
-    p.model.base = str(tmp_path)  # a directory without a model
-    with pytest.raises(CareError, match="config.json"):
-        prepare_base(p, tmp_path)

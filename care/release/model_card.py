@@ -83,6 +83,22 @@ def _data_lines(metadata: Mapping[str, Any], cv: Mapping[str, Any]) -> list[str]
     return lines
 
 
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "n/a"
+
+
+def _base_line(base: Mapping[str, Any] | None) -> str:
+    """How the embedded base was built, when the release has one."""
+    if not base:
+        return ""
+    langs = ", ".join(base.get("corpus_languages") or []) or "n/a"
+    return (f"\n- Embedded base: digest {str(base.get('digest'))[:16]}..., built by `care base build` "
+            f"(model.base_build): {base.get('layers')} layers x {base.get('hidden_size')}, vocabulary "
+            f"{base.get('vocab_size')}, {_count(base.get('parameters'))} parameters, pretrained on "
+            f"{_count(base.get('pretrain_tokens'))} tokens of unlabelled synthetic transcripts ({langs}) and text in "
+            f"{base.get('script_locales')} locales' scripts; held-out LM loss {_fmt(base.get('heldout_loss'))}")
+
+
 def model_card(metadata: Mapping[str, Any], instrument) -> str:
     """The package's README.md for `metadata` (the manifest's metadata) and the instrument it scores."""
     s = metadata["scoring"]
@@ -126,7 +142,7 @@ a measure of a counselor's performance on its own; never use it to make decision
 {chr(10).join(_data_lines(metadata, cv))}
 - Code commit: {metadata.get('git_commit', 'n/a')}
 - Params digest: {metadata.get('params_digest', 'n/a')}
-- Base model: {metadata.get('base_model', 'n/a')} (fine-tune: {metadata.get('finetune', 'n/a')})
+- Base model: {metadata.get('base_model', 'n/a')} (fine-tune: {metadata.get('finetune', 'n/a')}){_base_line(metadata.get('base'))}
 - Transcript language(s): {langs}
 
 ## Cross-validated metrics (client-grouped folds)

@@ -21,14 +21,12 @@ ADAPTER = "model"
 
 
 def prepare_base(data: DataRef, fit: FitParams) -> ModelDir:
-    """The base model: the tiny build (built once, cached, travels) or a real preset's reference."""
-    from care.model.presets import is_tiny
+    """The base model, by reference: the shipped tiny base (key: its content digest) or a real preset's
+    weights. Neither travels through the artifact store: like the data, it is read where the run runs."""
     from care.model.presets import prepare_base as locate
 
-    ref = locate(fit, cache_root(), data.languages)
-    if is_tiny(ref):
-        return ModelDir(str(ref), key=Path(ref).name)
-    return ModelDir(str(ref), key=str(ref), travels=False)
+    ref, key = locate(fit)
+    return ModelDir(str(ref), key=key, travels=False)
 
 
 def builder(fit: FitParams, tokenizer, instrument):
@@ -44,7 +42,9 @@ def fit_key(data: DataRef, fit: FitParams, train_ids: list[str], base: ModelDir)
         "data": data.sha256, "train": sorted(train_ids), "base": base.key,
         "instrument": data.instrument_sha256, "prompts": data.prompts_sha256,
         "source": source_digest("care.model.training"),
-        "params": fit.model_dump(mode="json", include={"model", "lora", "train"}),
+        # the base enters through its key (a tiny base's content digest), not through how it was built
+        "params": fit.model_dump(mode="json", include={"model", "lora", "train"},
+                                 exclude={"model": {"base_build": True, "tiny_base": True}}),
     })[:24]
 
 

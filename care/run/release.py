@@ -61,6 +61,7 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
     Refuses when the gate did not pass. The package is built under the cache (keyed by the fit and the
     release params) and returned as a ModelDir keyed by its manifest's sha256.
     """
+    from care.model.base_files import base_provenance
     from care.model.presets import load_tokenizer
     from care.release import build_package, check_parity, export_onnx, merge_adapter
     from care.run.data import load_data
@@ -97,6 +98,7 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
             "git_commit": git_commit(),
             "params_digest": params.digest(),
             "base_model": params.model.base or params.model.preset,
+            "base": base_provenance(base.path, base.key),
             "preset": params.model.preset,
             "finetune": params.model.finetune,
             "targets": params.train.targets,
