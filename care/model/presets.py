@@ -106,14 +106,17 @@ def _pretrain_texts(params: Params, languages: list[str]) -> tuple[list[str], li
     """(tokenizer texts, pretraining documents) from a separate synthetic corpus: transcripts only."""
     from care.data.instrument import load_instrument
     from care.model.prompts import item_block, render_transcript
-    from care.data.synth import generate
+    from care.data.synth import LANGUAGES as SYNTH_LANGUAGES, generate
 
     instrument = load_instrument(params.data.instrument)
     tiny = params.model.tiny
     per_lang = max(1, math.ceil(tiny.pretrain_sessions / len(languages)))
     transcripts: list[tuple[str, str]] = []
+    synth_langs = list(SYNTH_LANGUAGES)
     for k, lang in enumerate(languages):
-        sessions, _ = generate(n_sessions=per_lang, language=lang, seed=TINY_CORPUS_SEED + k)
+        # a language the generator does not write gets its dialogue from one it does, under its own prompts
+        source = lang if lang in SYNTH_LANGUAGES else synth_langs[k % len(synth_langs)]
+        sessions, _ = generate(n_sessions=per_lang, language=source, seed=TINY_CORPUS_SEED + k)
         transcripts += [(lang, render_transcript(s, instrument.prompt_texts(lang))) for s in sessions]
     prompt_texts = []
     for lang in languages:
