@@ -43,6 +43,7 @@ SESSIONS = "sessions.jsonl"
 SKIP_REASONS = ("malformed", "no_session_id", "duplicate_session_id", "unknown_speaker", "not_an_integer",
                 "incomplete_ratings", "invalid")
 UNMATCHED = "unmatched_rating_rows"  # CSV: ratings rows of no session in the turns file (counted apart)
+_TURN = re.compile(r"turns\[(\d+)\]")
 _INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
 
 
@@ -244,8 +245,9 @@ def _ratings(record: Any, refs: dict[str, str], kind: str) -> dict[str, int] | N
     return given or None
 
 
-def _session(raw: _Raw, m: Mapping) -> tuple[Session, dict[str, int]]:
-    """The session a raw record maps to, and the turns it dropped (empty text, ignored speakers)."""
+def _session(raw: _Raw, m: Mapping) -> tuple[Session, dict[str, int], list[str]]:
+    """The session a raw record maps to, the turns it dropped (empty text, ignored speakers) and the source of
+    each turn kept. A problem's `turns[i]` here is the i-th turn as read (dropped ones included)."""
     if not isinstance(raw.fields, dict):
         raise _Skip("malformed", "<record>", "record is not a JSON object")
     sid = _text_value(_get(raw.fields, m.session.id), "session_id")
@@ -260,6 +262,7 @@ def _session(raw: _Raw, m: Mapping) -> tuple[Session, dict[str, int]]:
     dropped = {"empty_text": 0, "ignored_speaker": 0}
     speakers = {**{v: "counselor" for v in m.speakers.counselor}, **{v: "client" for v in m.speakers.client}}
     turns: list[Turn] = []
+    sources: list[str] = []
     for i, (where, record) in enumerate(turns_in):
         if not isinstance(record, dict):
             raise _Skip("malformed", f"turns[{i}]", "turn is not an object", where)
@@ -278,6 +281,7 @@ def _session(raw: _Raw, m: Mapping) -> tuple[Session, dict[str, int]]:
             continue
         time = _text_value(_get(record, m.turns.time), f"turns[{i}].time") if m.turns.time else None
         turns.append(Turn(speaker=speakers[speaker], text=text.strip(), time=time))
+        sources.append(where)
     record = raw.ratings if raw.ratings is not None else raw.fields
     client = _ratings(record, m.client_ratings, "client_ratings")
     missing = [item for item in m.client_ratings if client is None or item not in client]
@@ -298,7 +302,7 @@ def _session(raw: _Raw, m: Mapping) -> tuple[Session, dict[str, int]]:
         counselor_ratings=_ratings(record, m.counselor_ratings, "counselor_ratings"),
         rationales=rationales or None,
         helper_ratings=_ratings(record, m.helper_ratings, "helper_ratings"),
-    ), dropped
+    ), dropped, sources
 
 
 def _resolved(m: Mapping, instrument: Instrument, where: str) -> Mapping:
@@ -332,7 +336,7 @@ def import_table(path: str | Path, mapping_path: str | Path) -> tuple[ImportResu
     skipped = {r: 0 for r in SKIP_REASONS}
     dropped = {"empty_text": 0, "ignored_speaker": 0}
     problems: list[dict[str, str]] = []
-    kept: list[tuple[str, Session, dict[str, int]]] = []
+    kept: list[tuple[str, Session, dict[str, int], list[str]]] = []
     seen: set[str] = set()
     read = 0
 
@@ -353,7 +357,7 @@ def import_table(path: str | Path, mapping_path: str | Path) -> tuple[ImportResu
         sid = _get(raw.fields, m.session.id)
         sid_label = label(str(sid), 80) if isinstance(sid, (str, int)) and not isinstance(sid, bool) else "?"
         try:
-            session, session_dropped = _session(raw, m)
+            session, session_dropped, turn_sources = _session(raw, m)
         except _Skip as exc:
             skip(exc, raw.source, sid_label)
             continue
@@ -362,19 +366,21 @@ def import_table(path: str | Path, mapping_path: str | Path) -> tuple[ImportResu
                  raw.source, sid_label)
             continue
         seen.add(session.session_id)
-        kept.append((raw.source, session, session_dropped))
-    parsed = ParsedFile(path=path, sessions=[s for _, s, _ in kept], lines=list(range(1, len(kept) + 1)),
+        kept.append((raw.source, session, session_dropped, turn_sources))
+    parsed = ParsedFile(path=path, sessions=[k[1] for k in kept], lines=list(range(1, len(kept) + 1)),
                         n_lines=len(kept))
     invalid: dict[int, list] = {}
     if kept:
         for p in validate_parsed(parsed, instrument, ratings_required=m.ratings_required).problems:
             invalid.setdefault(p.line, []).append(p)
     sessions = []
-    for n, (source, session, session_dropped) in enumerate(kept, 1):
+    for n, (source, session, session_dropped, turn_sources) in enumerate(kept, 1):
         if n in invalid:
             skipped["invalid"] += 1
-            problems += [{"source": source, "session_id": p.session_id, "field": p.field, "message": p.message}
-                         for p in invalid[n]]
+            for p in invalid[n]:  # a turn's problem points at that turn's row (CSV)
+                turn = _TURN.match(p.field)
+                where = turn_sources[int(turn.group(1))] if turn and int(turn.group(1)) < len(turn_sources) else source
+                problems.append({"source": where, "session_id": p.session_id, "field": p.field, "message": p.message})
         else:
             sessions.append(session)
             for k, v in session_dropped.items():
