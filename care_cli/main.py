@@ -118,7 +118,7 @@ def import_esconv_cmd(
 def import_table_cmd(
     path: Path = typer.Argument(..., metavar="PATH", help="A directory of JSON files (one session each), a JSONL file, "
                                                           "or a directory with a turns CSV and a ratings CSV."),
-    mapping: Path = typer.Option(..., "--map", help="Mapping YAML: where each field is (docs/examples/import/mapping.yaml)."),
+    mapping: Path = typer.Option(..., "--map", help="Mapping YAML: where each field is (docs/examples/ja-alliance/mapping.yaml)."),
     out: Path = typer.Option(..., "--out", help="New or empty directory (or an earlier import) for sessions.jsonl "
                                                 "and import.json (counts and located problems only)."),
 ) -> None:

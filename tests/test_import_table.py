@@ -45,11 +45,11 @@ def test_an_out_dir_that_is_not_ours_is_refused_and_left_alone(run_cli, tmp_path
     mine.mkdir()
     (mine / "sessions.jsonl").write_text("my own file\n", "utf-8")
     result = run_cli("import", "table", EXAMPLE / "data", "--map", EXAMPLE / "mapping.yaml", "--out", mine)
-    assert result.exit_code == 2 and "refusing to write into it" in result.output
+    assert result.exit_code == 1 and "refusing to write into it" in result.output
     assert [p.name for p in mine.iterdir()] == ["sessions.jsonl"] and "my own" in (mine / "sessions.jsonl").read_text()
     (tmp_path / "file").write_text("x", "utf-8")
     assert run_cli("import", "table", EXAMPLE / "data", "--map", EXAMPLE / "mapping.yaml", "--out",
-                   tmp_path / "file").exit_code == 2
+                   tmp_path / "file").exit_code == 1
 
 
 JSON_MAPPING = {

@@ -2,7 +2,7 @@
 
 A small YAML file, validated with pydantic; a problem is one line naming the file and the field. Field
 references are names: a CSV column, or a key of a JSON object, with dots for nesting (`survey.client.q1`).
-See docs/examples/import/mapping.yaml for a commented example.
+See docs/examples/ja-alliance/mapping.yaml for a commented example.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def load_mapping(path: str | Path) -> tuple[Mapping, str]:
         mark = getattr(exc, "problem_mark", None)
         raise CareError(f"{path}{f':{mark.line + 1}' if mark else ''}: mapping is not valid YAML") from None
     if not isinstance(data, dict):
-        raise CareError(f"{path}: mapping must be a YAML mapping (see docs/examples/import/mapping.yaml)")
+        raise CareError(f"{path}: mapping must be a YAML mapping (see docs/examples/ja-alliance/mapping.yaml)")
     try:
         mapping = Mapping.model_validate(data)
     except ValidationError as exc:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from typing import Any, Iterator
 from care.data.importers.mapping import Mapping, instrument_ref, item_fields, load_mapping
 from care.data.instrument import Instrument, load_instrument
 from care.data.schema import Session, Turn
-from care.errors import CareError, UsageError, label
+from care.errors import CareError, label
 
 IMPORTER = "care import table"
 REPORT = "import.json"
@@ -154,7 +155,7 @@ def _csv_rows(path: Path, delimiter: str, needed: list[str]) -> tuple[list[str],
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CareError(f"{path}: not UTF-8 (byte offset {exc.start})") from None
-    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter, strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -184,10 +185,9 @@ def _read_csv(path: Path, m: Mapping) -> Iterator[_Raw | _Skip]:
     turn_cols = [c for c in (m.session.id, t.speaker, t.text, t.time, t.order) if c]
     rating_cols = [*m.client_ratings.values(), *m.counselor_ratings.values(), *m.rationales.values(),
                    *m.helper_ratings.values()]
-    _, rating_rows = _csv_rows(path / m.csv.ratings, m.csv.delimiter, [m.session.id, *rating_cols])
+    ratings_header, rating_rows = _csv_rows(path / m.csv.ratings, m.csv.delimiter, [m.session.id, *rating_cols])
     turn_header, turn_rows = _csv_rows(path / m.csv.turns, m.csv.delimiter, turn_cols)
     session_refs = [r for r in (m.session.client_id, m.session.counselor_id, m.session.language, m.session.context) if r]
-    ratings_header = set(rating_rows[0][1]) if rating_rows else set()
     absent = [r for r in session_refs if r not in ratings_header and r not in turn_header]
     if absent:
         raise CareError(f"{path}: no column {label(absent[0], 60)!r} in {m.csv.ratings} or {m.csv.turns} (named in the mapping)")
@@ -424,7 +424,7 @@ def write_import(path: str | Path, mapping_path: str | Path, out: str | Path) ->
 
     path, out = Path(path), Path(out)
     if not _ours(out):
-        raise UsageError(f"--out {out}: exists and is not an earlier `{IMPORTER}` output (only {SESSIONS} and "
+        raise CareError(f"--out {out}: exists and is not an earlier `{IMPORTER}` output (only {SESSIONS} and "
                          f"{REPORT}); refusing to write into it: give a new or empty directory")
     if not path.exists():
         raise CareError(f"{path}: no such file or directory")
