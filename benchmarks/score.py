@@ -59,7 +59,7 @@ def _package(base: Path, work: Path, max_length: int, reserve: int) -> Path:
         export_onnx(base, work / "onnx")
         build_package(pkg, work / "onnx", base, instrument_path("wai-sr"),
                       {"base_model": str(base), "scoring": {"max_length": max_length, "reserve": reserve,
-                                                            "languages": ["zh"], "prompt_version": "1",
+                                                            "context_policy": "keep_end", "languages": ["zh"], "prompt_version": "1",
                                                             "prompt_date": "2024-07-26"}})
     return pkg
 

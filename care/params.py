@@ -84,6 +84,9 @@ class ModelParams(_Section):
     base: str | None = None  # hub id or local path for the real presets (default: the preset's hub id)
     finetune: Literal["lora", "full"] = "lora"
     max_length: Count = 1024
+    # a transcript longer than the context: keep_end keeps its end (drops whole turns from the start);
+    # keep_start_end keeps the opening and the end, dropping turns in the middle (care.model.prompts)
+    context_policy: Literal["keep_end", "keep_start_end"] = "keep_end"
     target_tokens: Count = 128  # room kept after each prompt for the target (score + rationale); longer is clipped
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     gradient_checkpointing: bool | None = None  # None: on for real presets, off for tiny

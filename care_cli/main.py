@@ -24,7 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="CARE: predict how the client experienced a counseling session (working alliance), item by item.")
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: list, show, promote, pull.")
 annotations_app = typer.Typer(no_args_is_help=True, help="Add annotated sessions to the DVC-tracked data.")
-import_app = typer.Typer(no_args_is_help=True, help="Import public corpora into the annotation format.")
+import_app = typer.Typer(no_args_is_help=True, help="Import your own data (a mapping) or public corpora into the annotation format.")
 base_app = typer.Typer(no_args_is_help=True, help="The embedded `tiny` base: build it, or print a base's digest.")
 app.add_typer(models_app, name="models")
 app.add_typer(annotations_app, name="annotations")
@@ -113,6 +113,30 @@ def import_esconv_cmd(
         typer.echo(f"off-scale or non-integer values (reported in {out / 'import.json'}): {total['off_scale']}", err=True)
     typer.echo(f"wrote {total['written']} of {total['read']} dialog(s) to {out / 'sessions.jsonl'} "
                f"(instrument {INSTRUMENT})")
+
+
+@import_app.command("table")
+@handles_errors
+def import_table_cmd(
+    path: Path = typer.Argument(..., metavar="PATH", help="A directory of JSON files (one session each), a JSONL file, "
+                                                          "or a directory with a turns CSV and a ratings CSV."),
+    mapping: Path = typer.Option(..., "--map", help="Mapping YAML: where each field is (docs/examples/ja-alliance/mapping.yaml)."),
+    out: Path = typer.Option(..., "--out", help="New or empty directory (or an earlier import) for sessions.jsonl "
+                                                "and import.json (counts and located problems only)."),
+) -> None:
+    """Import sessions from your own data with a mapping file; byte-identical on re-import, never prints text."""
+    from care.data.importers.table import REPORT, write_import
+
+    report = write_import(path, mapping, out)
+    shown = 20
+    for p in report["problems"][:shown]:
+        typer.echo(f"{p['source']} session={p['session_id']} field={p['field']}: {p['message']}", err=True)
+    if len(report["problems"]) > shown:
+        typer.echo(f"... and {len(report['problems']) - shown} more problem(s) in {out / REPORT}", err=True)
+    counts = lambda d: ", ".join(f"{k} {v}" for k, v in d.items() if v) or "none"  # noqa: E731
+    typer.echo(f"skipped sessions: {counts(report['skipped'])}; dropped turns: {counts(report['dropped_turns'])}", err=True)
+    typer.echo(f"wrote {report['written']} of {report['read']} session(s) to {out / 'sessions.jsonl'} "
+               f"(instrument {report['instrument']})")
 
 
 # ------------------------------------------------------------------------------ care base

@@ -76,7 +76,7 @@ def build_tiny_release(root: Path) -> dict:
                "std": {"goal": {"pearson": 0.05}},
                "baselines": {"counselor": {"goal": {"pearson": 0.2, "mse": 1.3}}}},
         "gate": {"passed": True}, "merge": merge, "export": export, "parity": parity,
-        "scoring": {"max_length": MAX_LENGTH, "reserve": RESERVE, "languages": ["zh", "en"], "prompt_version": "1",
+        "scoring": {"max_length": MAX_LENGTH, "reserve": RESERVE, "context_policy": "keep_end", "languages": ["zh", "en"], "prompt_version": "1",
                     "prompt_date": PROMPT_DATE.isoformat(), "readout": "expected"},
     }
     build_package(root / "package", root / "onnx", None, instrument_path("wai-sr"), metadata)

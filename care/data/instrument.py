@@ -1,7 +1,8 @@
-"""Instruments (questionnaires) as YAML: items with a dimension and texts per language, and a scale."""
+"""Instruments (questionnaires) as YAML: items (each in one dimension, or none) with texts per language, and a scale."""
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -17,31 +18,67 @@ BUILTIN = {"wai-sr": "wai-sr.yaml", "esconv-seeker": "esconv-seeker.yaml"}
 DEFAULT_INSTRUMENT = "wai-sr"
 
 
+MAX_POINTS = 11  # 0-10, the largest common rating scale
+_ANSWER = re.compile(r"[0-9A-Za-z]")
+_NAME = re.compile(r"\w[\w.-]*")  # dimension names: they name files (plots) and params keys ("*" is the wildcard)
+
+
 class Scale(BaseModel):
+    """The rating scale: integer points `min`..`max` with a label per language.
+
+    The score is read from the next-token distribution at the answer position, one token per point, so the
+    model answers with one character per point: the point's digit by default (scales within 0-9), or the
+    scale's `answers` (one ASCII letter or digit per point, e.g. A-K for a 0-10 scale, whose "10" is two
+    digits). The prompt's options show these answers; ratings, metrics and scores keep the points.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     min: int
     max: int
     labels: dict[int, dict[str, str]]
+    answers: dict[int, str] | None = None  # point -> the single character the model writes for it
 
     @model_validator(mode="after")
     def _labels_cover_scale(self) -> "Scale":
-        if self.min >= self.max or self.max - self.min > 9:
-            raise ValueError("scale must span 2 to 10 points (each score is one digit)")
-        if self.min < 0 or self.max > 9:
-            raise ValueError("scale points must be single digits 0-9")
+        if self.min < 0:
+            raise ValueError("scale points must not be negative (min >= 0)")
+        if self.min >= self.max or self.max - self.min + 1 > MAX_POINTS:
+            raise ValueError(f"scale must span 2 to {MAX_POINTS} points (min < max, e.g. 0-10 at most)")
         if sorted(self.labels) != list(self.points):
             raise ValueError(f"scale labels must cover exactly {self.min}..{self.max}")
+        if self.answers is None:
+            if self.max > 9:
+                raise ValueError(
+                    f"scale point {self.max} has two digits, but a score is read from the next token over one "
+                    f"token per point: give scale.answers, one character per point (e.g. {self.min}: A ... "
+                    f"{self.max}: {chr(ord('A') + self.max - self.min)})")
+            return self
+        if sorted(self.answers) != list(self.points):
+            raise ValueError(f"scale answers must cover exactly {self.min}..{self.max}")
+        bad = [p for p, a in self.answers.items() if not _ANSWER.fullmatch(a)]
+        if bad:
+            raise ValueError(f"scale answer of point {bad[0]} must be one ASCII letter or digit")
+        if len({a.casefold() for a in self.answers.values()}) != len(self.answers):
+            raise ValueError("scale answers must be distinct (ignoring case)")
         return self
 
     @property
     def points(self) -> list[int]:
         return list(range(self.min, self.max + 1))
 
+    @property
+    def answer_symbols(self) -> list[str]:
+        """What the model writes for each point, in scale order."""
+        return [self.answer(p) for p in self.points]
+
+    def answer(self, point: int) -> str:
+        return self.answers[point] if self.answers is not None else str(point)
+
 
 class Item(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str
-    dimension: str
+    dimension: str | None = None  # None: the item is scored and evaluated on its own, in no dimension
     text: dict[str, str]
 
 
@@ -53,7 +90,7 @@ class Instrument(BaseModel):
     description: str = ""
     languages: list[str] = Field(min_length=1)
     scale: Scale
-    dimensions: list[str]
+    dimensions: list[str] = Field(min_length=1)  # a single overall dimension is fine
     items: list[Item] = Field(min_length=1)
     prompts: dict[str, PromptTexts] = Field(default_factory=dict)  # wording per language beyond the shipped ones
 
@@ -63,8 +100,13 @@ class Instrument(BaseModel):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"duplicate item ids: {', '.join(dupes)}")
+        bad = [d for d in self.dimensions if not _NAME.fullmatch(d)]
+        if bad:
+            raise ValueError(f"dimension name {bad[0]!r}: letters, digits, '_', '.' or '-' only, not starting with '.' or '-'")
+        if len(set(self.dimensions)) != len(self.dimensions):
+            raise ValueError("duplicate dimension names")
         for item in self.items:
-            if item.dimension not in self.dimensions:
+            if item.dimension is not None and item.dimension not in self.dimensions:
                 raise ValueError(f"item {item.id}: dimension {item.dimension!r} is not in dimensions")
             missing = [lang for lang in self.languages if not item.text.get(lang, "").strip()]
             if missing:
@@ -92,6 +134,7 @@ class Instrument(BaseModel):
 
     @cached_property
     def items_by_dimension(self) -> dict[str, list[str]]:
+        """Each dimension's item ids (items without a dimension are in none)."""
         return {d: [i.id for i in self.items if i.dimension == d] for d in self.dimensions}
 
     def item(self, item_id: str) -> Item:

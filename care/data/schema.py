@@ -6,13 +6,23 @@ rated, speakers, languages...) live in the validation suite, `care.data.validati
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, model_serializer
 
 
 class Turn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     speaker: StrictStr
     text: StrictStr
+    # optional: when the turn was sent, ISO 8601 (e.g. 2024-05-01T14:03:12+09:00); rules in care.data.timestamps
+    time: StrictStr | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_time(self, handler):
+        """A turn without a time serializes as before the field existed (files stay byte-identical)."""
+        out = handler(self)
+        if out.get("time") is None:
+            out.pop("time", None)
+        return out
 
 
 class Session(BaseModel):

@@ -4,7 +4,8 @@ The content rules live here, once, as Great Expectations expectations over four 
 the parsed sessions (structure and types are the reader's job, `care.data.reader`):
 
 - sessions:   one row per session: ids, language, turn counts, whether client ratings are present;
-- turns:      one row per turn: speaker and the LENGTH of the stripped text (never the text);
+- turns:      one row per turn: speaker, the LENGTH of the stripped text (never the text) and, for turns with
+              a `time`, the numbers `care.data.timestamps` derives from it (parsed, kind, gaps in seconds);
 - ratings:    one row per (session, client/counselor, item) over the union of the given keys and the
               instrument's items, the rating null where an item was not rated;
 - rationales: the same for rationales, with the LENGTH of the stripped rationale (never the text).
@@ -28,6 +29,7 @@ from care.errors import CareError, InvalidData, Problem, label, sort_problems
 from care.data.instrument import Instrument, load_instrument
 from care.data.reader import ParsedFile, read_jsonl
 from care.data.schema import Session
+from care.data.timestamps import MAX_SESSION_SPAN, times_summary, turn_time_columns
 
 SPEAKERS = ("counselor", "client")
 RATING_KINDS = ("client_ratings", "counselor_ratings")
@@ -55,7 +57,8 @@ class ValidationResult:
         return not self.problems
 
     def report(self) -> dict[str, Any]:
-        """Counts and located problems only: no transcript, rationale or rating values."""
+        """Counts and located problems only (and, from turn times, counts and medians): no transcript,
+        rationale or rating values."""
         by_field: dict[str, int] = {}
         for p in self.problems:
             key = _field_family(p.field)
@@ -69,6 +72,7 @@ class ValidationResult:
             "n_sessions_with_problems": len({p.line for p in self.problems}),
             "n_problems": len(self.problems),
             "problems_by_field": dict(sorted(by_field.items())),
+            "timestamps": times_summary(self.sessions),
             "problems": [
                 {"line": p.line, "session_id": p.session_id, "field": p.field, "message": p.message}
                 for p in self.problems
@@ -132,8 +136,8 @@ def _flatten(parsed: ParsedFile, instrument: Instrument) -> dict[str, _Table]:
             n_client_turns=speakers.count("client"),
             n_client_ratings=None if session.client_ratings is None else len(session.client_ratings),
         )
-        for i, turn in enumerate(session.turns):
-            turns.add(line, sid, f"turns[{i}]", speaker=turn.speaker, text_len=len(turn.text.strip()))
+        for i, (turn, times) in enumerate(zip(session.turns, turn_time_columns(session))):
+            turns.add(line, sid, f"turns[{i}]", speaker=turn.speaker, text_len=len(turn.text.strip()), **times)
         for kind in RATING_KINDS:
             given = getattr(session, kind)
             if given is None:
@@ -171,6 +175,9 @@ def _rules(instrument: Instrument, ratings_required: bool) -> list[_Rule]:
     langs = ", ".join(instrument.languages)
     const = lambda name: (lambda _stem: name)  # noqa: E731
     stem = lambda stem: stem  # noqa: E731
+    time = lambda stem: f"{stem}.time"  # noqa: E731
+    span = MAX_SESSION_SPAN.total_seconds()
+    span_text = f"{span / 3600:g} hours"
     from great_expectations.expectations.row_conditions import Column
 
     nonempty_turns = {"row_condition": Column("n_turns") > 0}
@@ -195,6 +202,14 @@ def _rules(instrument: Instrument, ratings_required: bool) -> list[_Rule]:
               lambda s: f"{s}.speaker", f"speaker must be one of: {', '.join(SPEAKERS)}"),
         _Rule("turns", gxe.ExpectColumnValuesToBeBetween(column="text_len", min_value=1),
               lambda s: f"{s}.text", "empty text"),
+        _Rule("turns", gxe.ExpectColumnValuesToBeBetween(column="time_parsed", min_value=1),
+              time, "not an ISO 8601 time (e.g. 2024-05-01T14:03:12+09:00)"),
+        _Rule("turns", gxe.ExpectColumnValuesToBeBetween(column="time_same_kind", min_value=1),
+              time, "times with and without a UTC offset are mixed in this session"),
+        _Rule("turns", gxe.ExpectColumnValuesToBeBetween(column="time_gap_s", min_value=0),
+              time, "earlier than the previous turn's time (times must not go back)"),
+        _Rule("turns", gxe.ExpectColumnValuesToBeBetween(column="time_since_first_s", max_value=span),
+              time, f"more than {span_text} after the session's first time"),
         _Rule("ratings", gxe.ExpectColumnValuesToBeInSet(column="item", value_set=items),
               stem, "not an item of the instrument"),
         _Rule("ratings", gxe.ExpectColumnValuesToNotBeNull(column="rating"),
@@ -235,7 +250,8 @@ def _batch_definition(table: str):
     return defs[table]
 
 
-_NULLABLE_INT = ("rating", "text_len", "n_client_ratings")  # Int64: null means absent
+_NULLABLE_INT = ("rating", "text_len", "n_client_ratings", "time_parsed", "time_same_kind")  # Int64: null = absent
+_NULLABLE_FLOAT = ("time_gap_s", "time_since_first_s")  # Float64: null means absent
 _STRINGS = ("session_id", "client_id", "language", "speaker", "item", "kind")  # object: None stays None
 
 
@@ -248,6 +264,8 @@ def _frame(table: _Table):
             columns[name] = pd.Series(values, dtype=object)
         elif name in _NULLABLE_INT:
             columns[name] = pd.array(values, dtype="Int64")
+        elif name in _NULLABLE_FLOAT:
+            columns[name] = pd.array(values, dtype="Float64")
         else:
             columns[name] = values
     return pd.DataFrame(columns)

@@ -23,8 +23,19 @@ def quoted_spans(text: str) -> list[str]:
     return spans
 
 
+UNSPACED = {"zh", "ja", "th", "lo", "km", "my"}  # written without spaces between words: scored by character
+
+
+def _base(language: str) -> str:
+    return language.split("-")[0].split("_")[0].lower()
+
+
+def _unspaced(language: str) -> bool:
+    return _base(language) in UNSPACED
+
+
 class _CharTokenizer:
-    """ROUGE tokenisation for Chinese: one token per non-space character."""
+    """ROUGE tokenisation for languages written without spaces (zh, ja, ...): one token per non-space character."""
 
     def tokenize(self, text: str) -> list[str]:
         return [c for c in text if not c.isspace()]
@@ -33,7 +44,8 @@ class _CharTokenizer:
 def _bleu(hyps: list[str], refs: list[str], language: str) -> float:
     import sacrebleu
 
-    return float(sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh" if language == "zh" else "13a").score)
+    tokenize = "13a" if not _unspaced(language) else "zh" if _base(language) == "zh" else "char"
+    return float(sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize).score)
 
 
 def rationale_quality(pairs: list[tuple[str, str, list[str], str]]) -> dict[str, Any]:
@@ -55,7 +67,7 @@ def rationale_quality(pairs: list[tuple[str, str, list[str], str]]) -> dict[str,
     total = {"n_pairs": 0, "n_quotes": 0, "n_quotes_grounded": 0, "bleu_sum": 0.0, "rouge_sum": 0.0}
     langs: dict[str, dict[str, Any]] = {}
     for language, g in sorted(by_lang.items()):
-        scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_CharTokenizer() if language == "zh" else None)
+        scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_CharTokenizer() if _unspaced(language) else None)
         rouge = [scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(g["hyp"], g["ref"])]
         n_quotes = n_grounded = 0
         for hyp, utts in zip(g["hyp"], g["utt"]):

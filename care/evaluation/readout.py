@@ -1,9 +1,10 @@
 """Reading item scores off a causal LM, once for every backend (PyTorch and ONNX Runtime).
 
-Every (session, item) prompt ends where the score digit is the next token (see `care.model.prompts`). That
-position's logits give the distribution (softmax over the scale-digit logits), the expected score, the
+Every (session, item) prompt ends where the score's answer is the next token (see `care.model.prompts`): the
+scale point's digit, or the scale's one-character answer. That position's logits give the distribution
+(softmax over the logits of the scale's answer tokens, "digits" below), the expected score, the
 probability mass on the digits, and the greedy score: the argmax over the whole vocabulary, or, when that is
-not a digit, a few more greedy tokens decoded and parsed; what cannot be parsed stays None and is counted,
+not a scale answer, a few more greedy tokens decoded and parsed; what cannot be parsed stays None and is counted,
 never invented. Optional rationales come from bounded greedy decoding that reuses the prompt's cache.
 
 `shared_cache=True` runs the transcript prefix once per session and the item suffixes in batches over its
@@ -30,7 +31,7 @@ from care.model.prompts import EncodedSession, PromptBuilder
 
 FALLBACK_TOKENS = 4  # extra greedy tokens decoded when the answer-position argmax is not a scale digit
 
-_LEADING_DIGIT = re.compile(r"^\s*(\d)(?!\d)")
+_LEADING_ANSWER = re.compile(r"^\s*(\d(?!\d)|[A-Za-z](?![A-Za-z]))")
 
 
 @dataclass
@@ -50,7 +51,7 @@ class SessionScore:
     items: dict[str, ItemScore]
     dimensions_expected: dict[str, float]
     dimensions_greedy: dict[str, float | None]  # None when any item of the dimension is unparsed
-    truncated: bool = False  # the transcript was cut (its start dropped) to fit the context
+    truncated: bool = False  # the transcript was cut to fit the context (model.context_policy)
     prefix_tokens: int = 0  # tokens of the shared prompt prefix (instruction and transcript) after any cut
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,13 +85,16 @@ class _Answer:
     first: int  # the whole-vocabulary argmax: the first greedy token
 
 
-def parse_score(text: str, points: list[int]) -> int | None:
-    """The scale point a greedy text starts with (after optional whitespace), or None."""
-    m = _LEADING_DIGIT.match(text)
-    if m is None:
+def parse_score(text: str, points: list[int], answers: list[str] | None = None) -> int | None:
+    """The scale point a greedy text starts with (after optional whitespace), or None.
+
+    `answers` are what the model writes per point (default: the points' digits); an answer counts only when
+    no character of its kind (a digit after a digit, a letter after a letter) follows it."""
+    answers = answers or [str(p) for p in points]
+    m = _LEADING_ANSWER.match(text)
+    if m is None or m.group(1) not in answers:
         return None
-    value = int(m.group(1))
-    return value if value in points else None
+    return points[answers.index(m.group(1))]
 
 
 def pad_id(tokenizer) -> int:
@@ -151,7 +155,8 @@ def _item_score(builder: PromptBuilder, item_id: str, answer: _Answer, generated
     if answer.first in digit_ids:
         greedy, text_ok = points[digit_ids.index(answer.first)], True
     else:
-        greedy, text_ok = parse_score(decode(tokens[: 1 + FALLBACK_TOKENS], skip_special_tokens=True), points), False
+        text = decode(tokens[: 1 + FALLBACK_TOKENS], skip_special_tokens=True)
+        greedy, text_ok = parse_score(text, points, builder.instrument.scale.answer_symbols), False
     rationale = None
     if rationales:
         text = decode(tokens, skip_special_tokens=True)

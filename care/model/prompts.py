@@ -2,8 +2,16 @@
 
 A prompt is split into a transcript prefix (shared by every item of a session) and an item suffix, and
 the two are tokenized separately and concatenated, so that training, per-item scoring and scoring with a
-shared transcript cache all see exactly the same token ids. The prompt ends where the score digit is the
-next token; the target is the digit, then (rationale targets) a newline and the rationale, then EOS.
+shared transcript cache all see exactly the same token ids. The prompt ends where the score's answer (the
+scale point's digit, or the scale's one-character answer, `Scale.answer`) is the next token; the target is
+that answer, then (rationale targets) a newline and the rationale, then EOS.
+
+A transcript too long for `model.max_length` is cut by whole turns, by the context policy
+(`model.context_policy`, the same in training, scoring and the release package):
+- `keep_end` (default): keep the end; drop turns from the start (the client's context line with them);
+- `keep_start_end`: keep the opening (the context line and the first turns, up to half the transcript's
+  room) and the end, dropping turns in the middle, where a line `GAP_MARK` stands for them.
+If even the last turn alone does not fit, both keep the end of that turn.
 """
 
 from __future__ import annotations
@@ -19,19 +27,26 @@ from care.data.schema import Session
 from care.params import ModelParams
 
 IGNORE_INDEX = -100
+CONTEXT_POLICIES = ("keep_end", "keep_start_end")
+GAP_MARK = "…"  # the line that stands for the turns keep_start_end dropped (language-neutral)
+
 
 def render_transcript(session: Session, texts: PromptTexts | None = None, first_turn: int = 0,
-                      clip_chars: int = 0) -> str:
+                      clip_chars: int = 0, head: int | None = None) -> str:
     """The dialogue as 'Speaker: text' lines, from `first_turn` on; `clip_chars` cuts the start of that turn.
 
-    `texts` is the wording of the session's language (default: the shipped wording)."""
+    `head` (keep_start_end) keeps the context line and the first `head` turns before a `GAP_MARK` line; the
+    turns from `first_turn` follow. `texts` is the wording of the session's language (default: the shipped one)."""
     t = texts or builtin_prompt_texts(session.language)
     if t is None:
         raise CareError(f"no prompt wording for language {session.language!r}")
     speakers = {"counselor": t.speakers.counselor, "client": t.speakers.client}
     lines = []
-    if session.context and first_turn == 0:
+    if session.context and (first_turn == 0 or head is not None):
         lines.append(t.context + session.context)
+    if head is not None:
+        lines += [speakers.get(turn.speaker, turn.speaker) + t.colon + turn.text for turn in session.turns[:head]]
+        lines.append(GAP_MARK)
     for i, turn in enumerate(session.turns[first_turn:]):
         text = turn.text[clip_chars:] if i == 0 else turn.text
         lines.append(speakers.get(turn.speaker, turn.speaker) + t.colon + text)
@@ -39,10 +54,12 @@ def render_transcript(session: Session, texts: PromptTexts | None = None, first_
 
 
 def item_block(instrument: Instrument, item_id: str, language: str) -> str:
-    """The item as the prompt shows it: its text and the scale's options in `language`."""
+    """The item as the prompt shows it: its text and the scale's options in `language` (each option's
+    `{point}` is what the model writes for it: the digit, or the scale's answer character)."""
     t = instrument.prompt_texts(language)
+    scale = instrument.scale
     options = t.sep.join(
-        t.option.format(point=p, label=instrument.scale.labels[p][language]) for p in instrument.scale.points
+        t.option.format(point=scale.answer(p), label=scale.labels[p][language]) for p in scale.points
     )
     return t.item.format(text=instrument.item(item_id).text[language], options=options)
 
@@ -70,13 +87,17 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 def scale_token_ids(tokenizer, instrument: Instrument) -> list[int]:
-    """Token id of each scale point's digit, in scale order; each must be exactly one token."""
+    """Token id of each scale point's answer (digit or answer character), in scale order; each must be exactly
+    one token, also when a newline follows, and no two points may share one."""
     out = []
-    for point in instrument.scale.points:
-        ids = _ids(tokenizer, str(point))
-        if len(ids) != 1 or _ids(tokenizer, f"{point}\nx")[0] != ids[0]:
-            raise CareError(f"tokenizer does not encode the score {point} as one token followed by a newline")
+    for point, answer in zip(instrument.scale.points, instrument.scale.answer_symbols):
+        ids = _ids(tokenizer, answer)
+        if len(ids) != 1 or _ids(tokenizer, f"{answer}\nx")[0] != ids[0]:
+            raise CareError(f"instrument {instrument.name}: the tokenizer does not encode the answer {answer!r} of "
+                            f"scale point {point} as one token followed by a newline; give scale.answers that it does")
         out.append(ids[0])
+    if len(set(out)) != len(out):
+        raise CareError(f"instrument {instrument.name}: two scale answers are the same token for this tokenizer")
     return out
 
 
@@ -93,16 +114,21 @@ class EncodedSession:
 class PromptBuilder:
     """Encodes sessions for one tokenizer and instrument, within a context of `max_length` tokens.
 
-    `reserve` tokens are kept free after the longest item suffix for the target (score + rationale).
+    `reserve` tokens are kept free after the longest item suffix for the target (score + rationale);
+    `context_policy` says which turns a transcript too long for the context keeps (module docstring).
     """
 
     def __init__(self, tokenizer, instrument: Instrument, max_length: int, reserve: int,
-                 prompt_date: date = ModelParams.model_fields["prompt_date"].default):
+                 prompt_date: date = ModelParams.model_fields["prompt_date"].default,
+                 context_policy: str = ModelParams.model_fields["context_policy"].default):
+        if context_policy not in CONTEXT_POLICIES:
+            raise CareError(f"unknown context policy {context_policy!r} (known: {', '.join(CONTEXT_POLICIES)})")
         self.tokenizer = tokenizer
         self.instrument = instrument
         self.max_length = max_length
         self.reserve = reserve
         self.prompt_date = prompt_date
+        self.context_policy = context_policy
         self._suffix_cache: dict[str, dict[str, list[int]]] = {}
         self.digit_ids = scale_token_ids(tokenizer, instrument)
         if tokenizer.eos_token_id is None:
@@ -117,28 +143,38 @@ class PromptBuilder:
             }
         return self._suffix_cache[language]
 
-    def _prefix(self, session: Session, first_turn: int, clip: int = 0) -> list[int]:
+    def _prefix(self, session: Session, first_turn: int, clip: int = 0, head: int | None = None) -> list[int]:
         texts = self.instrument.prompt_texts(session.language)
         block = item_block(self.instrument, self.instrument.item_ids[0], session.language)
-        transcript = render_transcript(session, texts, first_turn, clip)
+        transcript = render_transcript(session, texts, first_turn, clip, head)
         return _ids(self.tokenizer, _render(self.tokenizer, texts, transcript, block, self.prompt_date)[0])
 
     def encode(self, session: Session) -> EncodedSession:
-        """Encode a session; a transcript too long for the context keeps its end (whole turns first)."""
+        """Encode a session; a transcript too long for the context is cut by the context policy."""
         items = self.suffixes(session.language)
         budget = self.max_length - max(len(s) for s in items.values()) - self.reserve
         prefix = self._prefix(session, 0)
         if len(prefix) <= budget:
             return EncodedSession(session.session_id, prefix, items)
-        lo, hi = 1, len(session.turns) - 1  # smallest first turn whose tail fits
-        best = None
+        best = self._keep_start_end(session, budget) if self.context_policy == "keep_start_end" else None
+        if best is None:
+            best = self._keep_end(session, budget)
+        return EncodedSession(session.session_id, best, items, truncated=True)
+
+    def _tail(self, session: Session, budget: int, lo: int, head: int | None = None) -> list[int] | None:
+        """The prefix with the smallest first tail turn >= `lo` that fits `budget` (None: not even the last)."""
+        hi, best = len(session.turns) - 1, None
         while lo <= hi:
             mid = (lo + hi) // 2
-            candidate = self._prefix(session, mid)
+            candidate = self._prefix(session, mid, head=head)
             if len(candidate) <= budget:
                 best, hi = candidate, mid - 1
             else:
                 lo = mid + 1
+        return best
+
+    def _keep_end(self, session: Session, budget: int) -> list[int]:
+        best = self._tail(session, budget, 1)
         if best is None:  # even the last turn alone is too long: cut that turn from its start
             last, text_len = len(session.turns) - 1, len(session.turns[-1].text)
             lo, hi = 0, text_len
@@ -151,14 +187,32 @@ class PromptBuilder:
             best = self._prefix(session, last, lo)
             if len(best) > budget:
                 raise CareError(f"session={session.session_id}: max_length {self.max_length} leaves no room for the transcript")
-        return EncodedSession(session.session_id, best, items, truncated=True)
+        return best
+
+    def _keep_start_end(self, session: Session, budget: int) -> list[int] | None:
+        """The opening (context line and first turns, within half the transcript's room) and the longest end
+        that fits after it; None when no end turn fits beside the opening (then keep_end applies)."""
+        n = len(session.turns)
+        bare = len(self._prefix(session, n, head=0))  # instruction, context line and the gap mark, no turns
+        if bare > budget:
+            return None
+        half = bare + (budget - bare) // 2
+        lo, hi, head = 1, n - 2, 0  # the largest head within half the room, leaving a turn to drop and one to keep
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if len(self._prefix(session, n, head=mid)) <= half:
+                head, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        return self._tail(session, budget, head + 1, head)
 
     def target(self, score: int, rationale: str | None) -> tuple[list[int], bool]:
-        """Target ids (digit, [newline + rationale], EOS) and whether the rationale was clipped to fit."""
-        text = f"{score}" if rationale is None else f"{score}\n{rationale.strip()}"
+        """Target ids (answer, [newline + rationale], EOS) and whether the rationale was clipped to fit."""
+        answer = self.instrument.scale.answer(score)
+        text = answer if rationale is None else f"{answer}\n{rationale.strip()}"
         ids = _ids(self.tokenizer, text)
         if ids[0] != self.digit_ids[self.instrument.scale.points.index(score)]:
-            raise CareError("the score digit does not start the target tokens")
+            raise CareError("the score's answer token does not start the target tokens")
         clipped = len(ids) + 1 > self.reserve
         ids = ids[: self.reserve - 1] + [self.tokenizer.eos_token_id]
         return ids, clipped

@@ -100,7 +100,8 @@ def _torch_answer_logits(model, prompts: list[list[int]], device):
 
 def check_parity(merged_dir: str | Path, onnx_dir: str | Path, sessions: list[Session], instrument: Instrument, *,
                  max_length: int, reserve: int, max_logit_diff: float, max_score_diff: float,
-                 prompt_date: date, device: str = "cpu", batch_size: int = 16) -> dict[str, Any]:
+                 prompt_date: date, context_policy: str = "keep_end", device: str = "cpu",
+                 batch_size: int = 16) -> dict[str, Any]:
     """Max |logit| and |expected score| differences, ONNX Runtime (shared cache) vs PyTorch (full prompts).
 
     Also checks that the package tokenizer (tokenizers + jinja2) gives the same prompt ids as transformers.
@@ -115,9 +116,10 @@ def check_parity(merged_dir: str | Path, onnx_dir: str | Path, sessions: list[Se
 
     if not sessions:
         raise CareError("parity check needs at least one session")
-    pkg = open_model_dir(onnx_dir, instrument, max_length, reserve, device=device, prompt_date=prompt_date)
+    pkg = open_model_dir(onnx_dir, instrument, max_length, reserve, device=device, prompt_date=prompt_date,
+                         context_policy=context_policy)
     hf_builder = PromptBuilder(AutoTokenizer.from_pretrained(str(merged_dir)), instrument, max_length, reserve,
-                               prompt_date)
+                               prompt_date, context_policy)
     tdev = torch.device("cuda" if device == "cuda" else "cpu")
     model = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32, use_safetensors=True).to(tdev).eval()
     points = np.asarray(instrument.scale.points, dtype=np.float64)

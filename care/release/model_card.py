@@ -10,6 +10,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 
+_POLICY_WORDS = {"keep_end": "keeps its end: whole turns are dropped from the start",
+                 "keep_start_end": "keeps its opening and its end: whole turns are dropped from the middle"}
+
+
 def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.2f}" if isinstance(value, (int, float)) else str(value)
 
@@ -99,6 +103,20 @@ def _base_line(base: Mapping[str, Any] | None) -> str:
             f"{base.get('script_locales')} locales' scripts; held-out LM loss {_fmt(base.get('heldout_loss'))}")
 
 
+def _instrument_lines(instrument) -> list[str]:
+    """The scale, the dimensions with their items, and the items in no dimension."""
+    scale, lang = instrument.scale, instrument.languages[0]
+    ends = f"{scale.min} = {scale.labels[scale.min][lang]} ... {scale.max} = {scale.labels[scale.max][lang]}"
+    answers = "" if scale.answers is None else f"; the model answers {'/'.join(scale.answer_symbols)}"
+    lines = [f"- {len(instrument.item_ids)} items, each on a {scale.min}-{scale.max} scale ({ends}{answers})"]
+    for dim, ids in instrument.items_by_dimension.items():
+        lines.append(f"- {dim}: the mean of items {', '.join(ids)}")
+    loose = [i.id for i in instrument.items if i.dimension is None]
+    if loose:
+        lines.append(f"- In no dimension (scored and evaluated per item only): items {', '.join(loose)}")
+    return lines
+
+
 def model_card(metadata: Mapping[str, Any], instrument) -> str:
     """The package's README.md for `metadata` (the manifest's metadata) and the instrument it scores."""
     s = metadata["scoring"]
@@ -133,6 +151,8 @@ Predicts how a client would rate a counseling session on {instrument.name} ({wha
 scale, and each dimension as the mean of its items, from the session transcript{
 ', with an optional generated rationale per item' if rationales else ''}.
 
+{chr(10).join(_instrument_lines(instrument))}
+
 ## Intended use
 Decision support for counselors and supervisors: a prompt for reflection and supervision, read next to the
 transcript and the client's own feedback. It is **not** a diagnosis, not an assessment of the client, and not
@@ -164,6 +184,7 @@ care score --model THIS_DIR sessions.jsonl --out scores.jsonl [--rationales] [--
 ```
 Input: the annotation JSONL format (ratings not needed). Output: one line per session with per-item
 expected score, distribution, greedy score{rationale_usage}, and per-dimension scores; never the transcript.
-Scoring config: max_length {s['max_length']}, reserve {s['reserve']}, prompt version {s['prompt_version']}.
+Scoring config: max_length {s['max_length']}, reserve {s['reserve']}, context policy {s.get('context_policy', 'keep_end')}
+(a longer transcript {_POLICY_WORDS.get(s.get('context_policy', 'keep_end'), 'is cut')}), prompt version {s['prompt_version']}.
 The package is verified against `manifest.json` before loading; a changed, missing or extra file is refused.
 """

@@ -31,6 +31,7 @@ from care.model.prompts import PromptBuilder
 
 MODEL_FILE = "model.onnx"
 INSTRUMENT_FILE = "instrument.yaml"
+KEEP_END = "keep_end"  # the context policy of packages built before scoring.context_policy was recorded
 _SPECIAL_ATTRS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -221,17 +222,17 @@ def load_package(root: str | Path, device: str = "cpu", threads: int | None = No
     except ValueError:
         raise CareError(f"{root}: manifest scoring.prompt_date is not an ISO date") from None
     return open_model_dir(root, instrument, int(scoring["max_length"]), int(scoring["reserve"]), device, threads,
-                          manifest=manifest, prompt_date=prompt_date)
+                          manifest=manifest, prompt_date=prompt_date, context_policy=str(scoring.get("context_policy", KEEP_END)))
 
 
 def open_model_dir(root: str | Path, instrument: Instrument, max_length: int, reserve: int, device: str = "cpu",
                    threads: int | None = None, manifest: dict[str, Any] | None = None, *,
-                   prompt_date: date) -> Package:
+                   prompt_date: date, context_policy: str = "keep_end") -> Package:
     """Load an export directory (model.onnx + tokenizer files) WITHOUT a manifest check: for the parity check
     before packaging. Scoring a release goes through `load_package`."""
     root = Path(root)
     tokenizer = PackageTokenizer(root)
-    builder = PromptBuilder(tokenizer, instrument, max_length, reserve, prompt_date)
+    builder = PromptBuilder(tokenizer, instrument, max_length, reserve, prompt_date, context_policy)
     lm = OnnxLM(root / MODEL_FILE, device=device, threads=threads)
     eos = {tokenizer.eos_token_id}
     gen = _read_json(root / "generation_config.json").get("eos_token_id")

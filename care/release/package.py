@@ -27,14 +27,14 @@ from care.release.model_card import model_card
 FORMAT = "care-release/1"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json")
-REQUIRED_SCORING = ("max_length", "reserve", "languages", "prompt_version", "prompt_date")
+REQUIRED_SCORING = ("max_length", "reserve", "context_policy", "languages", "prompt_version", "prompt_date")
 
 
 def build_package(out_dir: str | Path, onnx_dir: str | Path, tokenizer_dir: str | Path | None,
                   instrument_path: str | Path, metadata: Mapping[str, Any]) -> dict[str, Any]:
     """Assemble the release package at `out_dir` atomically; returns the manifest.
 
-    `metadata` must hold `scoring` = {max_length, reserve, languages, prompt_version, prompt_date}; other keys (data_version,
+    `metadata` must hold `scoring` = {max_length, reserve, context_policy, languages, prompt_version, prompt_date}; other keys (data_version,
     git_commit, params_digest, base_model, cv, gate, parity, ...) are recorded as given (numbers and ids only:
     never transcript text).
     """

@@ -33,7 +33,8 @@ def builder(fit: FitParams, tokenizer, instrument):
     """The prompt builder every fit, scorer and release uses for these params."""
     from care.model.prompts import PromptBuilder
 
-    return PromptBuilder(tokenizer, instrument, fit.model.max_length, fit.model.target_tokens, fit.model.prompt_date)
+    return PromptBuilder(tokenizer, instrument, fit.model.max_length, fit.model.target_tokens, fit.model.prompt_date,
+                         fit.model.context_policy)
 
 
 def fit_key(data: DataRef, fit: FitParams, train_ids: list[str], base: ModelDir) -> str:

@@ -87,6 +87,7 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
         parity = check_parity(
             work / "merged", work / "onnx", held, instrument, max_length=params.model.max_length,
             reserve=params.model.target_tokens, prompt_date=params.model.prompt_date,
+            context_policy=params.model.context_policy,
             max_logit_diff=rel.fp16_max_logit_diff if fp16 else rel.max_logit_diff,
             max_score_diff=rel.fp16_max_score_diff if fp16 else rel.max_score_diff, device=rel.export_device,
         )
@@ -111,6 +112,7 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
             "export": export,
             "parity": parity,
             "scoring": {"max_length": params.model.max_length, "reserve": params.model.target_tokens,
+                        "context_policy": params.model.context_policy,
                         "languages": data.languages, "prompt_version": prompt_version(instrument),
                         "prompt_date": params.model.prompt_date.isoformat(),
                         "readout": params.eval.readout},
