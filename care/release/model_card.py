@@ -111,7 +111,7 @@ def _rationale_lines(cv: Mapping[str, Any]) -> list[str]:
         return []
     lines = [f"Held-out rationale sample: {rq['n_pairs']} (session, item) pairs, generated both ways "
              f"(this package: {'grounded' if rq.get('grounded_quotes') else 'free'} quotes).", "",
-             "| quotes | grounding rate | quotes | BLEU | ROUGE-L F | generation time |", "|---|---|---|---|---|---|"]
+             "| decoding | grounding rate | quotes | BLEU | ROUGE-L F | generation time |", "|---|---|---|---|---|---|"]
     for mode, name in (("constrained", "grounded (constrained decoding)"), ("unconstrained", "free")):
         m = rq.get(mode) or {}
         rate = m.get("grounding_rate")
