@@ -68,7 +68,8 @@ def test_find_quotes_rule():
     assert find_quotes("empty “” quote", ZH_PAIRS) == []
     assert locate("压力", ["你好", "工作压力很大"]) == {"turn": 1, "start": 2, "end": 4}
     assert locate("不在", ["你好"]) is None
-    assert locate_quotes("他说“压力”和“没有的话”", ["你好", "工作压力很大"], ZH_PAIRS) == [{"turn": 1, "start": 2, "end": 4}]
+    found = locate_quotes("他说“压力”和“没有的话”", ["你好", "工作压力很大"], ZH_PAIRS)
+    assert found == [{"turn": 1, "start": 2, "end": 4}]
 
 
 def test_rationale_quality_counts_with_the_languages_marks():
@@ -224,8 +225,13 @@ def _sessions(turns_list: list[list[str]], language: str) -> list[Session]:
             for k, turns in enumerate(turns_list)]
 
 
+_BUILDERS: dict[int, PromptBuilder] = {}
+
+
 def _score(tok, sessions, seed, bias, grounded, shared=True):
-    builder = PromptBuilder(tok, load_instrument("wai-sr"), max_length=4096, reserve=64)
+    if id(tok) not in _BUILDERS:
+        _BUILDERS[id(tok)] = PromptBuilder(tok, load_instrument("wai-sr"), max_length=4096, reserve=64)
+    builder = _BUILDERS[id(tok)]
     return readout.score_sessions(RandomBackend(tok, seed, bias), builder, sessions, eos_ids=[tok.eos_token_id],
                                   batch_size=5, rationales=True, max_new_tokens=24, shared_cache=shared,
                                   progress=False, grounded_quotes=grounded)

@@ -46,7 +46,8 @@ def write_inputs(where: Path, n: int = 7, intervals: bool = True, seed: int = 1)
                            "greedy": 3, "rationale": f"来访者说“{quoted}”，咨询师问“{HOSTILE[4][:6]}”<script>x</script>",
                            "quotes": [{"turn": 1, "start": 0, "end": 8}, {"turn": 4, "start": 0, "end": 6}]}
             if intervals:
-                items[item]["interval"] = {"80": [max(1, e - w), min(5, e + w)], "90": [max(1, e - 1.3 * w), min(5, e + 1.3 * w)]}
+                items[item]["interval"] = {"80": [max(1, e - w), min(5, e + w)],
+                                           "90": [max(1, e - 1.3 * w), min(5, e + 1.3 * w)]}
         dims = INST.dimension_scores({i: v["expected"] for i, v in items.items()})
         rec = {"session_id": sid, "items": items, "dimensions": dims, "dimensions_greedy": dims, "truncated": k == 2}
         if intervals:

@@ -81,7 +81,8 @@ def single_char_marks(pairs: QuotePairs, language: str) -> list[tuple[str, str]]
     for o, c in pairs:
         if len(o) != 1 or len(c) != 1:
             raise CareError(f"grounded quotes: the quote marks of language {language!r} must be single characters "
-                            f"(got {o!r} {c!r}); change them in the prompt wording, or set eval.grounded_quotes: false (care score: --free-quotes)")
+                            f"(got {o!r} {c!r}); change them in the prompt wording, or set eval.grounded_quotes: "
+                            "false (care score: --free-quotes)")
     return [(o, c) for o, c in pairs]
 
 

@@ -83,7 +83,8 @@ def _intervals_section(cv: Mapping[str, Any], instrument) -> str:
         lines.append(f"| {dim} | " + " | ".join(row) + " |")
     items = list(iv["items"].values())
     item_line = ", ".join(
-        f"{x}%: coverage {_fmt(100 * _avg([c[x]['coverage'] for c in items]))}%, width {_fmt(_avg([c[x]['width'] for c in items]))}"
+        f"{x}%: coverage {_fmt(100 * _avg([c[x]['coverage'] for c in items]))}%, "
+        f"width {_fmt(_avg([c[x]['width'] for c in items]))}"
         for x in levels)
     widths = iv.get("mean_width") or {}
     low, high = instrument.scale.points[0], instrument.scale.points[-1]

@@ -281,7 +281,8 @@ def _session(i: int, r: SessionResult, session: Session, instrument: Instrument,
             f"<table><thead><tr><th>Dimension</th><th>Predicted</th><th>Intervals</th></tr></thead>"
             f'<tbody>{"".join(dim_rows)}</tbody></table>'
             "<h3>Items</h3><table><thead><tr><th>Item</th><th>Statement</th><th>Expected</th>"
-            f"<th>Distribution ({points[0]}&ndash;{points[-1]})</th><th>{text(level or '')}{'% interval' if level else 'Interval'}</th>"
+            f"<th>Distribution ({points[0]}&ndash;{points[-1]})</th>"
+            f"<th>{text(level or '')}{'% interval' if level else 'Interval'}</th>"
             f'<th>Greedy</th></tr></thead><tbody>{"".join(item_rows)}</tbody></table>'
             + (f"<h3>Rationales</h3>{''.join(rationales)}" if rationales else "")
             + f'<h3>Transcript</h3><ol class="transcript" start="1">{turns}</ol>'
