@@ -264,3 +264,19 @@ def test_the_same_adversarial_model_unguided_fabricates_quotes(tok):
         rates[grounded] = rationale_quality(pairs, marks)
     assert rates[True]["n_quotes"] > 0 and rates[True]["grounding_rate"] == 1.0
     assert rates[False]["n_quotes"] > 0 and rates[False]["grounding_rate"] < 0.5
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(turns=transcripts, bias=st.sampled_from(BIASES), seed=st.integers(0, 2**31 - 1))
+def test_property_the_trie_walk_allows_exactly_the_tokens_that_keep_a_quote_grounded(tok, turns, bias, seed):
+    """The allowed set (vocabulary trie x transcript automaton) equals checking every token one by one."""
+    index = TranscriptIndex(turns, ZH_PAIRS, token_bytes(tok), "zh")
+    g = QuoteGuide(index)
+    rng = np.random.default_rng(seed)
+    quoted = 0
+    for row in _biased(tok, rng, bias, 12):
+        brute = [t for t in range(len(tok)) if index.advance(g.state, t) is not None]
+        assert index.allowed(g.state).tolist() == brute
+        quoted += g.in_quote
+        g.choose(row)
+    event(f"steps inside a quote: {min(quoted, 3)}{'+' if quoted >= 3 else ''}")
