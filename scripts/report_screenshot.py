@@ -48,8 +48,6 @@ def main() -> int:
                                                            viewport={"width": 1280, "height": 1500})
             page = context.new_page()
             page.goto((tmp / "report.html").as_uri())
-            page.locator("#s0 a.quote").first.click() if page.locator("#s0 a.quote").count() else None
-            page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=args.out, full_page=False)
             context.close()
     print(f"wrote {args.out}")

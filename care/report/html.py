@@ -218,7 +218,7 @@ def _overview(data: ReportInput, level: str | None, marks: list[bool], scale: tu
     head = ['<th><button type="button" data-type="text">Session</button></th>',
             '<th aria-sort="ascending"><button type="button" data-type="num">Alliance</button></th>']
     head += [f'<th><button type="button" data-type="num">{text(d)}</button></th>' for d in dims]
-    head.append('<th><button type="button" data-type="num">Interval width</button></th>')
+    head.append(f'<th><button type="button" data-type="num">{text(level) + "% i" if level else "I"}nterval width</button></th>')
     order = sorted(range(len(data.results)), key=lambda i: (overall(data.results[i]) is None,
                                                               overall(data.results[i]) or 0.0, i))
     rows = []
@@ -232,7 +232,7 @@ def _overview(data: ReportInput, level: str | None, marks: list[bool], scale: tu
         for d in dims:
             v = r.dimensions.get(d)
             iv = (r.interval or {}).get(d, {}).get(level) if level else None
-            cells.append(f'<td class="num" data-v="{"" if v is None else f"{v:.6f}"}">{bar(v, iv, *scale)} {_num(v)}'
+            cells.append(f'<td class="num" data-v="{"" if v is None else f"{v:.6f}"}">{bar(v, iv, *scale, width=110)} {_num(v)}'
                          f' <span class="iv">{_span(iv)}</span></td>')
         widths = [(r.interval or {}).get(d, {}).get(level) for d in dims] if level else []
         w = sum(hi - lo for lo, hi in widths) / len(widths) if widths and all(widths) else None
