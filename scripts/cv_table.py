@@ -72,10 +72,13 @@ def _rationales(cv: dict) -> list[str]:
     if not rq or "constrained" not in rq:
         return []
     lines = ["", f"Rationales ({rq['n_pairs']} held-out pairs; time ratio constrained/unconstrained "
-             f"{rq['time_ratio']}):", "", "| quotes | BLEU | ROUGE-L F | quotes | grounded | grounding rate | seconds |",
+             f"{rq['time_ratio']}):", "", "| decoding | BLEU | ROUGE-L F | quotes | grounded | grounding rate | seconds |",
              "|---|---|---|---|---|---|---|"]
     for mode in ("constrained", "unconstrained"):
         m = rq[mode]
+        if m is None:
+            lines.append(f"| {mode} | not run: {rq.get('constrained_skipped', '')} |")
+            continue
         lines.append(f"| {mode} | {m['bleu']} | {m['rouge_l_f']} | {m['n_quotes']} | {m['n_quotes_grounded']} | "
                      f"{m['grounding_rate']} | {m['seconds']} |")
     return lines

@@ -280,3 +280,25 @@ def test_property_the_trie_walk_allows_exactly_the_tokens_that_keep_a_quote_grou
         quoted += g.in_quote
         g.choose(row)
     event(f"steps inside a quote: {min(quoted, 3)}{'+' if quoted >= 3 else ''}")
+
+
+def test_the_folds_rationale_quality_is_pooled_per_mode():
+    from care.run.report import _rationale_summary
+
+    def run(n_quotes, grounded, seconds, bleu):
+        return {"n_pairs": 24, "bleu": bleu, "rouge_l_f": 0.3, "n_quotes": n_quotes, "n_quotes_grounded": grounded,
+                "grounding_rate": grounded / n_quotes if n_quotes else None, "seconds": seconds}
+
+    folds = [{"n_pairs": 24, "grounded_quotes": True, "constrained": run(10, 10, 3.0, 20.0),
+              "unconstrained": run(8, 1, 2.0, 10.0)},
+             {"n_pairs": 24, "grounded_quotes": True, "constrained": run(0, 0, 3.0, 30.0),
+              "unconstrained": run(2, 1, 2.0, 20.0)}]
+    out = _rationale_summary(folds)
+    assert out["n_pairs"] == 48 and out["time_ratio"] == pytest.approx(1.5)
+    assert out["constrained"]["grounding_rate"] == 1.0 and out["constrained"]["bleu"] == pytest.approx(25.0)
+    assert out["unconstrained"]["grounding_rate"] == pytest.approx(0.2) and out["unconstrained"]["seconds"] == 4.0
+    for f in folds:  # grounded quotes not asked for and impossible with this tokenizer: said, not invented
+        f.update(constrained=None, grounded_quotes=False, constrained_skipped="needs a byte-level BPE tokenizer")
+    out = _rationale_summary(folds)
+    assert out["constrained"] is None and out["time_ratio"] is None and "byte-level" in out["constrained_skipped"]
+    assert _rationale_summary([]) is None

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from care.cache import cache_root, digest, source_digest
+from care.errors import CareError
 from care.fsutil import atomic_write_json
 from care.params import EvalParams, FitParams
 from care.run.artifacts import ModelDir
@@ -46,9 +47,15 @@ def _rationale_quality(model, tokenizer, build, test, eval: EvalParams, seed: in
                  "grounded_quotes": eval.grounded_quotes}
     for mode, grounded in (("constrained", True), ("unconstrained", False)):
         start = time.perf_counter()
-        generated = score_sessions(model, tokenizer, build, sample, batch_size=eval.batch_size, rationales=True,
-                                   max_new_tokens=eval.rationale_max_new_tokens, grounded_quotes=grounded,
-                                   progress=False)
+        try:
+            generated = score_sessions(model, tokenizer, build, sample, batch_size=eval.batch_size, rationales=True,
+                                       max_new_tokens=eval.rationale_max_new_tokens, grounded_quotes=grounded,
+                                       progress=False)
+        except CareError as exc:  # grounded quotes impossible here (tokenizer, quote marks) and not asked for
+            if not grounded or eval.grounded_quotes:
+                raise
+            out[mode], out["constrained_skipped"] = None, str(exc)
+            continue
         seconds = time.perf_counter() - start
         pairs = []
         for session, scored in zip(sample, generated):

@@ -51,10 +51,13 @@ def _rationale_summary(folds: list[dict]) -> dict[str, Any] | None:
         return None
     out: dict[str, Any] = {"n_pairs": sum(f["n_pairs"] for f in folds), "grounded_quotes": folds[0]["grounded_quotes"]}
     for mode in ("constrained", "unconstrained"):
-        runs = [f[mode] for f in folds]
-        out[mode] = {**summarize(runs), "seconds": sum(r["seconds"] for r in runs)}
-    slow, fast = out["constrained"]["seconds"], out["unconstrained"]["seconds"]
-    out["time_ratio"] = slow / fast if fast else None  # constrained / unconstrained generation time
+        runs = [f[mode] for f in folds if f.get(mode)]
+        out[mode] = {**summarize(runs), "seconds": sum(r["seconds"] for r in runs)} if runs else None
+    skipped = [f["constrained_skipped"] for f in folds if f.get("constrained_skipped")]
+    if skipped:
+        out["constrained_skipped"] = skipped[0]  # why (eval.grounded_quotes false, and the tokenizer or marks refuse)
+    both = out["constrained"] and out["unconstrained"] and out["unconstrained"]["seconds"]
+    out["time_ratio"] = out["constrained"]["seconds"] / out["unconstrained"]["seconds"] if both else None
     return out
 
 
