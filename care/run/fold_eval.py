@@ -72,7 +72,8 @@ def score_fold(data: DataRef, folds_doc: dict, k: int, fit: FitParams, eval: Eva
     """Item-level predictions for both readouts, unparsed counts, digit mass and rationale quality of fold `k`
     (plus the zero-shot base's predictions when `eval.zero_shot`)."""
     held = folds_doc["folds"][k]["sessions"]
-    key = digest([model.key, k, held, data.sha256, eval.model_dump(mode="json"), cv_seed,
+    # interval levels are applied after scoring (care.run.report): changing them never rescores a fold
+    key = digest([model.key, k, held, data.sha256, eval.model_dump(mode="json", exclude={"interval_levels"}), cv_seed,
                   source_digest(*_SCORING_CODE)])[:24]
     cached = cache_root() / "scores" / f"{key}.json"
     if cached.exists():
