@@ -146,6 +146,11 @@ class EvalParams(_Section):
     zero_shot: bool = True
     rationale_sample: Annotated[int, Field(ge=0)] = 24
     rationale_max_new_tokens: Count = 96
+    # rationales' quotations constrained to verbatim spans of the transcript (care.evaluation.grounding);
+    # the metrics report the sample both ways either way, this picks what `care score` does by default
+    grounded_quotes: bool = True
+    # levels (percent) of the conformal intervals calibrated on the folds' residuals (care.evaluation.intervals)
+    interval_levels: list[Annotated[int, Field(gt=0, lt=100)]] = Field([80, 90], min_length=1)
     batch_size: Count = 16
     # baselines on the same folds besides counselor / train_mean / zero_shot: TF-IDF + ridge on the
     # transcript (`tfidf`), and a helper-side item mapped to a dimension (`helper_proxy`, e.g. ESConv's

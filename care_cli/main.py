@@ -311,10 +311,17 @@ def score(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda fails unless ONNX Runtime really uses CUDA)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Item prompts per batch over a shared transcript cache."),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1, help="Rationale length bound (tokens)."),
+    grounded_quotes: Optional[bool] = typer.Option(
+        None, "--grounded-quotes/--free-quotes",
+        help="Rationales' quotations constrained to verbatim transcript spans (default: as the package was "
+             "released, eval.grounded_quotes)."),
 ) -> None:
-    """Score sessions with a release package on ONNX Runtime (no PyTorch): one JSON line per session."""
+    """Score sessions with a release package on ONNX Runtime (no PyTorch): one JSON line per session.
+
+    With a calibrated package, each item and dimension gets `interval: {level: [lo, hi]}`."""
     import json
 
+    from care.release.calibration import load_calibration
     from care.release.onnx_runtime import load_package, result_record, score_sessions
     from care.data.validation import load_valid_sessions
 
@@ -326,14 +333,19 @@ def score(
         raise UsageError(f"--out {out}: is a directory, expected a file path")
 
     pkg = load_package(model, device=device)
+    calibration = load_calibration(pkg.root, pkg.manifest, pkg.instrument)
+    if grounded_quotes is None:
+        grounded_quotes = bool((pkg.manifest.get("scoring") or {}).get("grounded_quotes", True))
     try:
         sessions = load_valid_sessions(input_path, instrument=pkg.instrument, ratings_required=False)
     except InvalidData as exc:
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
         fail(f"{input_path}: {len(exc.problems)} problem(s); nothing scored")
-    scores = score_sessions(pkg, sessions, batch_size=batch_size, rationales=rationales, max_new_tokens=max_new_tokens)
-    lines = [json.dumps(result_record(s, pkg.instrument, rationales), ensure_ascii=False) for s in scores]
+    scores = score_sessions(pkg, sessions, batch_size=batch_size, rationales=rationales, max_new_tokens=max_new_tokens,
+                            grounded_quotes=grounded_quotes)
+    lines = [json.dumps(result_record(s, pkg.instrument, rationales, calibration=calibration), ensure_ascii=False)
+             for s in scores]
     if out is None:
         sys.stdout.write("".join(line + "\n" for line in lines))
     else:
@@ -343,7 +355,34 @@ def score(
     unparsed = sum(1 for s in scores for i in s.items.values() if i.greedy is None)
     truncated = sum(s.truncated for s in scores)
     typer.echo(f"scored {len(scores)} session(s); greedy unparsed: {unparsed}; truncated transcripts: {truncated}"
+               + ("" if calibration else "; no intervals (the package has no calibration)")
                + (f"; wrote {out}" if out else ""), err=True)
+
+
+@app.command()
+@handles_errors
+def report(
+    scores: Path = typer.Argument(..., metavar="SCORES.jsonl", help="Output of `care score` (with --rationales for quotes)."),
+    sessions: Path = typer.Option(..., "--sessions", help="The sessions that were scored (annotation JSONL)."),
+    out: Path = typer.Option(..., "--out", help="HTML file to write (atomically, mode 0600)."),
+    instrument: Optional[str] = typer.Option(None, "--instrument", help="Instrument YAML or built-in name the scores "
+                                             "use (default: data.instrument in the params file)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Params file giving data.instrument."),
+) -> None:
+    """Write one self-contained HTML page: sortable overview, then per session its scores, intervals,
+    rationales with quotes linked to the transcript, and the transcript. It contains client data."""
+    from care.data.instrument import load_instrument
+    from care.errors import InvalidData
+    from care.params import load_params
+    from care.report import write_report
+
+    try:
+        path = write_report(scores, sessions, out, load_instrument(instrument or load_params(params).data.instrument))
+    except InvalidData as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        fail(f"{len(exc.problems)} problem(s); no report written")
+    typer.echo(f"wrote {path} (contains client data: share it only with people allowed to read these sessions)")
 
 
 @app.command()

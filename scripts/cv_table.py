@@ -43,7 +43,45 @@ def tables(cv: dict, items: list[str], dims: list[str]) -> str:
         lines += _rows("model", cv["mean"], cv["std"], [dim])
         for name in names:
             lines += _rows(name, cv["baselines"][name], cv.get("baselines_std", {}).get(name), [dim])
+    lines += _intervals(cv) + _rationales(cv)
     return "\n".join(lines)
+
+
+def _intervals(cv: dict) -> list[str]:
+    """Honest coverage and mean width of the calibrated intervals, per dimension, level and method."""
+    iv = cv.get("intervals")
+    if not iv:
+        return []
+    lines = ["", f"Calibrated intervals (kept: {iv['method']}; each fold calibrated on the other folds, "
+             f"{iv['n_sessions']} sessions):", "", "| dimension | method | level | coverage | mean width |",
+             "|---|---|---|---|---|"]
+    for method, table in iv["check"].items():
+        for kind in ("dimensions", "items"):
+            for name, cells in table[kind].items():
+                if kind == "items" and method != iv["method"]:
+                    continue
+                for level, c in cells.items():
+                    label = name if kind == "dimensions" else f"item {name}"
+                    lines.append(f"| {label} | {method} | {level}% | {100 * c['coverage']:.1f}% | {c['width']:.3f} |")
+    return lines
+
+
+def _rationales(cv: dict) -> list[str]:
+    """BLEU, ROUGE-L and grounding of the rationale sample with and without grounded quotes."""
+    rq = cv.get("rationale_quality")
+    if not rq or "constrained" not in rq:
+        return []
+    lines = ["", f"Rationales ({rq['n_pairs']} held-out pairs; time ratio constrained/unconstrained "
+             f"{rq['time_ratio']}):", "", "| decoding | BLEU | ROUGE-L F | quotes | grounded | grounding rate | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for mode in ("constrained", "unconstrained"):
+        m = rq[mode]
+        if m is None:
+            lines.append(f"| {mode} | not run: {rq.get('constrained_skipped', '')} |")
+            continue
+        lines.append(f"| {mode} | {m['bleu']} | {m['rouge_l_f']} | {m['n_quotes']} | {m['n_quotes_grounded']} | "
+                     f"{m['grounding_rate']} | {m['seconds']} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

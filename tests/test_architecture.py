@@ -71,6 +71,7 @@ CARE_LAYERS = {  # care's sub-packages -> the sub-packages they may import (the 
     "release": {"data", "model", "evaluation"},
     "registry": set(),
     "run": {"data", "model", "evaluation", "release"},
+    "report": {"data"},
 }
 CORE = {"errors", "fsutil", "params", "cache"}
 

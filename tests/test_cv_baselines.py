@@ -15,10 +15,11 @@ from care.run.fold_eval import fold_metrics
 from care.run.report import cv_detail
 
 
-def _scored(test_ids, items):
+def _scored(test_ids, items, fold=0):
     """A stand-in for score_fold's result: the model predicts 3 everywhere (the baselines are under test)."""
     pred = {sid: {i: 3.0 for i in items} for sid in test_ids}
-    return {"predictions": {"expected": pred, "greedy": pred}, "unparsed": {"expected": 0, "greedy": 0},
+    return {"fold": fold, "predictions": {"expected": pred, "greedy": pred}, "unparsed": {"expected": 0, "greedy": 0},
+            "spread": {sid: {i: 1.0 for i in items} for sid in test_ids},
             "digit_mass": {"mean": 1.0, "min": 1.0}, "rationale_quality": None, "train": {"wall_s": 0.0},
             "examples": {"sessions": 1, "examples": 0, "score_only_fallback_sessions": 0},
             "transcripts": {"sessions": len(test_ids), "truncated": 0, "mean_tokens": 100.0}}
@@ -39,7 +40,7 @@ def test_fold_metrics_and_cv_json_carry_tfidf_and_helper_proxy(tmp_path):
     items = [str(i) for i in range(1, 13)]
     results, scored = [], []
     for k in range(2):
-        s = _scored(folds["folds"][k]["sessions"], items)
+        s = _scored(folds["folds"][k]["sessions"], items, k)
         scored.append(s)
         results.append(fold_metrics(data, folds, k, p.eval, s))
     for r in results:
@@ -51,6 +52,7 @@ def test_fold_metrics_and_cv_json_carry_tfidf_and_helper_proxy(tmp_path):
         assert r["baselines"]["counselor"]["dimensions"]["task"]["n"] == 0
     cv = cv_detail(data, results, scored, p.eval, p.cv, p.train)
     assert json.loads(json.dumps(cv)) == cv
+    assert cv["intervals"]["n_sessions"] == 40 and cv["intervals"]["calibration"]["levels"] == [80, 90]
     assert set(cv["baselines"]) == {"counselor", "train_mean", "tfidf", "helper_proxy"}
     # per item: item 1 is what the proxy tracks (except every 4th session)
     assert cv["baselines_items"]["helper_proxy"]["1"]["pearson"] > 0.5

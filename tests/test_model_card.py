@@ -58,3 +58,28 @@ def test_a_model_that_learnt_nothing_is_described_as_such():
 def test_rationale_caveats_only_when_rationales_were_trained():
     card = model_card(_metadata(0.6, "rationale"), load_instrument("wai-sr"))
     assert "Rationales imitate" in card and "strong" in card and "- none" in card
+
+
+def test_card_gives_interval_coverage_and_grounding_both_ways():
+    cell = lambda c, w: {"coverage": c, "width": w, "n": 200}  # noqa: E731
+    meta = _metadata(0.4, "rationale")
+    meta["cv"]["intervals"] = {
+        "method": "absolute", "levels": [80, 90], "n_sessions": 200,
+        "dimensions": {"bond": {"80": cell(0.815, 1.62), "90": cell(0.905, 2.05)},
+                       "task": {"80": cell(0.79, 1.7), "90": cell(0.9, 2.2)}},
+        "items": {"1": {"80": cell(0.8, 2.5), "90": cell(0.9, 3.0)}, "2": {"80": cell(0.82, 2.7), "90": cell(0.92, 3.2)}},
+        "mean_width": {"absolute": 2.37, "normalized": 2.41}}
+    meta["cv"]["rationale_quality"] = {
+        "n_pairs": 48, "grounded_quotes": True, "time_ratio": 1.2,
+        "constrained": {"n_quotes": 40, "n_quotes_grounded": 40, "grounding_rate": 1.0, "bleu": 12.5, "rouge_l_f": 0.31,
+                        "seconds": 6.0},
+        "unconstrained": {"n_quotes": 50, "n_quotes_grounded": 1, "grounding_rate": 0.02, "bleu": 13.0,
+                          "rouge_l_f": 0.32, "seconds": 5.0}}
+    card = model_card(meta, load_instrument("wai-sr"))
+    assert "| bond | 81.50% | 1.62 | 90.50% | 2.05 |" in card
+    assert "for sessions like the training data, 80% of clients' own scores fell inside the 80% interval" in card
+    assert "80%: coverage 81.00%, width 2.60" in card and "Method: absolute split-conformal" in card
+    assert "| grounded (constrained decoding) | 1.00 | 40 | 12.50 | 0.31 | 6.00 s |" in card
+    assert "| free | 0.02 | 50 | 13.00 | 0.32 | 5.00 s |" in card
+    plain = model_card(_metadata(0.4, "score_only"), load_instrument("wai-sr"))
+    assert "No intervals were calibrated" in plain and "## Rationales" not in plain

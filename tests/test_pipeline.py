@@ -58,7 +58,18 @@ def test_pipeline_writes_metrics_release_and_registers_in_staging(world, first_r
         assert cv["mean"][dim]["mse"] is not None
     assert set(cv["readouts"]) == {"expected", "greedy"}
     assert 0.0 <= cv["digit_mass"]["mean"] <= 1.0
-    assert cv["rationale_quality"]["n_pairs"] > 0
+    rq = cv["rationale_quality"]
+    assert rq["n_pairs"] > 0 and rq["grounded_quotes"] is True and rq["time_ratio"] > 0
+    for mode in ("constrained", "unconstrained"):
+        assert rq[mode]["n_pairs"] == rq["n_pairs"] and rq[mode]["seconds"] > 0
+    assert rq["constrained"]["grounding_rate"] in (None, 1.0)  # 1 by construction (None: no quote)
+    iv = cv["intervals"]
+    assert iv["levels"] == [80, 90] and iv["n_sessions"] == 60 and iv["method"] in ("absolute", "normalized")
+    for kind, names in (("dimensions", ("goal", "task", "bond")), ("items", [str(i) for i in range(1, 13)])):
+        for name in names:
+            for level in ("80", "90"):
+                cell = iv["check"][iv["method"]][kind][name][level]
+                assert cell["n"] == 60 and 0 <= cell["coverage"] <= 1 and 0 <= cell["width"] <= 4
     folds = json.loads((out / "metrics" / "folds.json").read_text())
     ids = [sid for f in folds["folds"] for sid in f["sessions"]]
     assert len(ids) == len(set(ids)) == 60
@@ -80,6 +91,9 @@ def test_pipeline_writes_metrics_release_and_registers_in_staging(world, first_r
     manifest = verify_package(out / "release")
     assert manifest["gate"]["passed"] is True and manifest["data_version"]
     assert manifest["parity"]["max_logit_diff"] <= 1e-3
+    assert "calibration.json" in manifest["files"] and manifest["scoring"]["grounded_quotes"] is True
+    card = (out / "release" / "README.md").read_text("utf-8")
+    assert "## Calibrated intervals" in card and "80% of clients' own scores fell inside" in card
     assert "in staging" in proc.stdout
     listing = json.loads(care(world, "models", "list", "--json").stdout)
     staged = [v for v in listing if v.get("stage") == "staging"]
@@ -96,6 +110,8 @@ def test_released_model_scores_new_transcripts(world, first_run, tmp_path):
     scored = [json.loads(l) for l in dest.read_text().splitlines()]
     assert [s["session_id"] for s in scored] == [json.loads(l)["session_id"] for l in lines]
     assert all(1.0 <= v["expected"] <= 5.0 for s in scored for v in s["items"].values())
+    assert all(set(s["interval"]) == {"goal", "task", "bond"} and set(s["items"]["1"]["interval"]) == {"80", "90"}
+               for s in scored)
 
 
 def test_rerun_reuses_finished_folds(world, first_run):

@@ -79,11 +79,29 @@ def build_tiny_release(root: Path) -> dict:
         "scoring": {"max_length": MAX_LENGTH, "reserve": RESERVE, "context_policy": "keep_end", "languages": ["zh", "en"], "prompt_version": "1",
                     "prompt_date": PROMPT_DATE.isoformat(), "readout": "expected"},
     }
-    build_package(root / "package", root / "onnx", None, instrument_path("wai-sr"), metadata)
+    build_package(root / "package", root / "onnx", None, instrument_path("wai-sr"), metadata,
+                  calibration=synthetic_calibration(inst))
     _BUILT[key] = {"root": root, "merge": merge, "export": export, "parity": parity, "tokenizer": tok,
                    "instrument": inst, "package": root / "package", "merged": root / "merged",
                    "adapter": adapter_dir, "base": base_dir, "held": held, "check_inputs": check_inputs}
     return _BUILT[key]
+
+
+def synthetic_calibration(inst, seed: int = 0) -> dict:
+    """A calibration from synthetic out-of-fold predictions (care.evaluation.intervals.calibrate)."""
+    import random
+
+    from care.evaluation.intervals import calibrate
+
+    rng = random.Random(seed)
+    folds = [{"predictions": {}, "spread": {}} for _ in range(2)]
+    truth = {}
+    for s in range(40):
+        sid = f"cal{s}"
+        truth[sid] = {i: rng.randint(1, 5) for i in inst.item_ids}
+        folds[s % 2]["predictions"][sid] = {i: min(5.0, max(1.0, truth[sid][i] + rng.gauss(0, 0.8))) for i in inst.item_ids}
+        folds[s % 2]["spread"][sid] = {i: rng.uniform(0.3, 1.2) for i in inst.item_ids}
+    return calibrate(folds, truth, inst, [80, 90])["calibration"]
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +159,8 @@ def test_package_contents_and_manifest(rel):
 
     pkg = rel["package"]
     manifest = verify_package(pkg)
-    assert {"model.onnx", "tokenizer.json", "instrument.yaml", "README.md", "config.json"} <= set(manifest["files"])
+    assert {"model.onnx", "tokenizer.json", "instrument.yaml", "README.md", "config.json",
+            "calibration.json"} <= set(manifest["files"])
     assert manifest["scoring"]["max_length"] == MAX_LENGTH and manifest["format"] == "care-release/1"
     card = (pkg / "README.md").read_text("utf-8")
     assert "never use it to make decisions" in card and "not** a diagnosis" in card
@@ -188,3 +207,19 @@ def test_package_tokenizer_matches_transformers(rel, language):
     assert a.prefix == b.prefix and a.items == b.items
     ids = a.prefix[:50] + [hf.eos_token_id]
     assert pt.decode(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True)
+
+
+def test_package_calibration_is_read_from_checked_bytes(rel, tmp_path):
+    from care.errors import CareError
+    from care.release.calibration import load_calibration
+    from care.release.manifest import read_manifest
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(rel["package"], pkg)
+    manifest = read_manifest(pkg)
+    cal = load_calibration(pkg, manifest, rel["instrument"])
+    assert cal["levels"] == [80, 90] and set(cal["radius"]["items"]) == set(rel["instrument"].item_ids)
+    (pkg / "calibration.json").write_text((pkg / "calibration.json").read_text("utf-8").replace("80", "81"), "utf-8")
+    with pytest.raises(CareError, match="calibration.json: sha256 does not match the manifest"):
+        load_calibration(pkg, manifest, rel["instrument"])
+    assert load_calibration(pkg, {"files": {}}, rel["instrument"]) is None  # a package from before intervals

@@ -43,12 +43,17 @@ def test_output_schema_determinism_no_transcript(rel, inputs, run_cli, tmp_path)
     records = [json.loads(line) for line in text.splitlines()]
     assert [r["session_id"] for r in records] == ["s00000", "s00001", "s00002"]
     for r in records:
-        assert set(r) == {"session_id", "items", "dimensions", "dimensions_greedy", "truncated"}
+        assert set(r) == {"session_id", "items", "dimensions", "dimensions_greedy", "truncated", "interval"}
         assert list(r["items"]) == [str(i) for i in range(1, 13)]
         for item in r["items"].values():
-            assert set(item) == {"expected", "distribution", "greedy"}
+            assert set(item) == {"expected", "distribution", "greedy", "interval"}
             assert 1 <= item["expected"] <= 5 and list(item["distribution"]) == ["1", "2", "3", "4", "5"]
             assert abs(sum(item["distribution"].values()) - 1) < 1e-4
+            assert list(item["interval"]) == ["80", "90"]
+            (lo80, hi80), (lo90, hi90) = item["interval"]["80"], item["interval"]["90"]
+            assert 1 <= lo90 <= lo80 <= item["expected"] <= hi80 <= hi90 <= 5
+        assert set(r["interval"]) == {"goal", "task", "bond"}
+        assert all(1 <= c["80"][0] <= r["dimensions"][d] <= c["80"][1] <= 5 for d, c in r["interval"].items())
         assert set(r["dimensions"]) == {"goal", "task", "bond"}
         bond = [r["items"][i]["expected"] for i in ("3", "5", "7", "9")]
         assert abs(r["dimensions"]["bond"] - sum(bond) / 4) < 1e-5
@@ -59,6 +64,31 @@ def test_stdout_and_rationales(rel, inputs, run_cli):
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 3 and all(isinstance(i["rationale"], str) for r in records for i in r["items"].values())
+    turns = {json.loads(line)["session_id"]: [t["text"] for t in json.loads(line)["turns"]]
+             for line in inputs.read_text("utf-8").splitlines()}
+    for r in records:
+        for item in r["items"].values():
+            assert isinstance(item["quotes"], list)
+            for q in item["quotes"]:  # a quote's place: its text is in the rationale
+                assert turns[r["session_id"]][q["turn"]][q["start"]:q["end"]] in item["rationale"]
+    free = run_cli("score", "--model", rel["package"], inputs, "--rationales", "--max-new-tokens", "6", "--free-quotes")
+    assert free.exit_code == 0, free.output
+
+
+def test_a_package_without_calibration_scores_without_intervals(rel, inputs, run_cli, tmp_path):
+    import shutil
+
+    from care.release.manifest import read_manifest, write_manifest
+
+    pkg = tmp_path / "old"
+    shutil.copytree(rel["package"], pkg)
+    (pkg / "calibration.json").unlink()
+    write_manifest(pkg, {k: v for k, v in read_manifest(pkg).items() if k != "files"})
+    result = run_cli("score", "--model", pkg, inputs)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.splitlines()[0])
+    assert "interval" not in record and "interval" not in record["items"]["1"]
+    assert "no intervals (the package has no calibration)" in result.stderr
 
 
 def test_shared_cache_equals_per_item_and_torch(rel, inputs):

@@ -170,9 +170,10 @@ def test_parse_score():
 def test_rationales_deterministic_and_match_generate(setup):
     instrument, sessions, tokenizer, builder, model = setup
     some = sessions[:2]
-    a = score_sessions(model, tokenizer, builder, some, rationales=True, max_new_tokens=12, batch_size=4, progress=False)
-    b = score_sessions(model, tokenizer, builder, some, rationales=True, max_new_tokens=12, batch_size=12, progress=False)
-    c = score_sessions(model, tokenizer, builder, some, rationales=True, max_new_tokens=12, shared_cache=False, progress=False)
+    kw = dict(rationales=True, max_new_tokens=12, progress=False, grounded_quotes=False)  # free text, as generate
+    a = score_sessions(model, tokenizer, builder, some, batch_size=4, **kw)
+    b = score_sessions(model, tokenizer, builder, some, batch_size=12, **kw)
+    c = score_sessions(model, tokenizer, builder, some, shared_cache=False, **kw)
     for x, y, z in zip(a, b, c):
         for item in instrument.item_ids:
             assert isinstance(x.items[item].rationale, str)
@@ -212,7 +213,8 @@ def test_rationale_quality_known_strings():
     ref_zh = "来访者说“我最近工作压力很大”，咨询师给予了回应，来访者感到被理解。"
     utts_en = ["I have been so stressed at work lately", "Would you like to say more?"]
     ref_en = 'The client said "stressed at work" and the counselor invited them to say more about it.'
-    same = rationale_quality([(ref_zh, ref_zh, utts_zh, "zh"), (ref_en, ref_en, utts_en, "en")])
+    marks = {lang: load_instrument("wai-sr").prompt_texts(lang).quotes for lang in ("zh", "en")}
+    same = rationale_quality([(ref_zh, ref_zh, utts_zh, "zh"), (ref_en, ref_en, utts_en, "en")], marks)
     assert same["n_pairs"] == 2 and same["n_quotes"] == 2
     assert same["bleu"] == pytest.approx(100.0)
     assert same["rouge_l_f"] == pytest.approx(1.0)
@@ -220,13 +222,13 @@ def test_rationale_quality_known_strings():
     assert same["by_language"]["zh"]["bleu"] == pytest.approx(100.0)
     assert not any(isinstance(v, str) for v in same.values())
 
-    made_up = rationale_quality([("来访者说“我从来没有说过这句话”，所以评分低。", ref_zh, utts_zh, "zh")])
+    made_up = rationale_quality([("来访者说“我从来没有说过这句话”，所以评分低。", ref_zh, utts_zh, "zh")], marks)
     assert made_up["n_quotes"] == 1 and made_up["grounding_rate"] == 0.0
     assert 0 < made_up["rouge_l_f"] < 1 and made_up["bleu"] < 100
 
-    partial = rationale_quality([('He said "stressed at work" but also "I love my boss".', ref_en, utts_en, "en")])
+    partial = rationale_quality([('He said "stressed at work" but also "I love my boss".', ref_en, utts_en, "en")], marks)
     assert partial["grounding_rate"] == 0.5
 
-    none = rationale_quality([("no quotes here at all", ref_en, utts_en, "en")])
+    none = rationale_quality([("no quotes here at all", ref_en, utts_en, "en")], marks)
     assert none["n_quotes"] == 0 and none["grounding_rate"] is None
-    assert rationale_quality([])["bleu"] is None
+    assert rationale_quality([], marks)["bleu"] is None

@@ -1,26 +1,20 @@
 """Generated vs reference rationales: corpus BLEU, ROUGE-L F and the grounding rate of quoted spans.
 
-`rationale_quality` returns counts and scores only, never text.
+Quotations are parsed as guided decoding writes them (`care.evaluation.grounding.find_quotes`, with the quote
+marks of each language's prompt wording); a quote is grounded when it occurs verbatim in one turn of its
+session. `rationale_quality` returns counts and scores only, never text; `summarize` pools the folds'.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-_QUOTES = [re.compile(r"“([^”]*)”"), re.compile(r'"([^"]*)"'), re.compile(r"「([^」]*)」")]
-_EDGE = " \t\r\n，。！？、；：,.!?;:…"
+from care.evaluation.grounding import QuotePairs, find_quotes
 
 
-def quoted_spans(text: str) -> list[str]:
-    """Spans quoted with “…”, "…" or 「…」, edge whitespace/punctuation stripped, at least 2 characters."""
-    spans = []
-    for pattern in _QUOTES:
-        for m in pattern.finditer(text):
-            span = m.group(1).strip(_EDGE)
-            if len(span) >= 2:
-                spans.append(span)
-    return spans
+def quoted_spans(text: str, pairs: QuotePairs) -> list[str]:
+    """The closed, non-empty quotations of `text` (quote marks excluded)."""
+    return [text[s:e] for s, e in find_quotes(text, pairs)]
 
 
 UNSPACED = {"zh", "ja", "th", "lo", "km", "my"}  # written without spaces between words: scored by character
@@ -48,13 +42,13 @@ def _bleu(hyps: list[str], refs: list[str], language: str) -> float:
     return float(sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize).score)
 
 
-def rationale_quality(pairs: list[tuple[str, str, list[str], str]]) -> dict[str, Any]:
+def rationale_quality(pairs: list[tuple[str, str, list[str], str]], marks: Mapping[str, QuotePairs]) -> dict[str, Any]:
     """Generated vs reference rationales: corpus BLEU (sacrebleu, 0-100), mean ROUGE-L F (0-1), grounding.
 
-    Each pair is (generated, reference, transcript utterances, language). Grounding rate = share of quoted
-    spans in the generated rationales found verbatim in one of that session's utterances. With several
-    languages, `bleu` is the pair-weighted mean of per-language corpus BLEU (`by_language` has each).
-    No text in the result.
+    Each pair is (generated, reference, transcript utterances, language); `marks` holds each language's quote
+    marks. Grounding rate = share of the generated rationales' quotations found verbatim in one of that
+    session's utterances. With several languages, `bleu` is the pair-weighted mean of per-language corpus
+    BLEU (`by_language` has each). No text in the result.
     """
     from rouge_score import rouge_scorer
 
@@ -71,7 +65,7 @@ def rationale_quality(pairs: list[tuple[str, str, list[str], str]]) -> dict[str,
         rouge = [scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(g["hyp"], g["ref"])]
         n_quotes = n_grounded = 0
         for hyp, utts in zip(g["hyp"], g["utt"]):
-            for span in quoted_spans(hyp):
+            for span in quoted_spans(hyp, marks[language]):
                 n_quotes += 1
                 n_grounded += any(span in u for u in utts)
         n = len(g["hyp"])
@@ -99,3 +93,19 @@ def rationale_quality(pairs: list[tuple[str, str, list[str], str]]) -> dict[str,
         "grounding_rate": total["n_quotes_grounded"] / total["n_quotes"] if total["n_quotes"] else None,
         "by_language": langs,
     }
+
+
+QUALITY_MEANS = ("bleu", "rouge_l_f")  # averaged over folds; the quote counts are summed
+
+
+def summarize(folds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Pool per-fold `rationale_quality` results: BLEU and ROUGE-L averaged over the folds that have them,
+    pairs and quotes summed, the grounding rate from the pooled counts."""
+    out: dict[str, Any] = {"n_pairs": sum(f["n_pairs"] for f in folds)}
+    for key in QUALITY_MEANS:
+        values = [f[key] for f in folds if f.get(key) is not None]
+        out[key] = sum(values) / len(values) if values else None
+    out["n_quotes"] = sum(f["n_quotes"] for f in folds)
+    out["n_quotes_grounded"] = sum(f["n_quotes_grounded"] for f in folds)
+    out["grounding_rate"] = out["n_quotes_grounded"] / out["n_quotes"] if out["n_quotes"] else None
+    return out

@@ -5,7 +5,10 @@ scale point's digit, or the scale's one-character answer. That position's logits
 (softmax over the logits of the scale's answer tokens, "digits" below), the expected score, the
 probability mass on the digits, and the greedy score: the argmax over the whole vocabulary, or, when that is
 not a scale answer, a few more greedy tokens decoded and parsed; what cannot be parsed stays None and is counted,
-never invented. Optional rationales come from bounded greedy decoding that reuses the prompt's cache.
+never invented. Optional rationales come from bounded greedy decoding that reuses the prompt's cache; with
+`grounded_quotes` (the default) the text inside quotation marks is constrained to verbatim spans of the
+session's turns (`care.evaluation.grounding`), and each rationale lists where its quotes are
+(`quotes: [{turn, start, end}]`, character offsets in that turn's text).
 
 `shared_cache=True` runs the transcript prefix once per session and the item suffixes in batches over its
 key/values, left-padded so that every item's answer position is the last column (position ids continue the
@@ -20,13 +23,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Iterator, Literal, Protocol
+from typing import Any, Callable, Iterable, Iterator, Literal, Protocol
 
 import numpy as np
 
 from care.data.instrument import Instrument
 from care.data.schema import Session
 from care.errors import CareError
+from care.evaluation.grounding import QuoteGuide, TranscriptIndex, locate_quotes, token_bytes
 from care.model.prompts import EncodedSession, PromptBuilder
 
 FALLBACK_TOKENS = 4  # extra greedy tokens decoded when the answer-position argmax is not a scale digit
@@ -43,6 +47,9 @@ class ItemScore:
     greedy: int | None  # greedy score; None = the greedy text has no leading scale digit (unparsed)
     greedy_text_ok: bool  # the answer-position argmax was itself a scale digit (the trained format)
     rationale: str | None = None  # generated text after the first newline; None when not asked for
+    # the rationale's quotations found verbatim in a turn: [{turn, start, end}] (character offsets in that
+    # turn's text); with grounded quotes that is every closed quotation. None when no rationale was asked for
+    quotes: list[dict[str, int]] | None = None
 
 
 @dataclass
@@ -126,11 +133,42 @@ def _generation_steps(answers: list[_Answer], digit_ids: list[int], rationales: 
     return FALLBACK_TOKENS if any(a.first not in digit_ids for a in answers) else 0
 
 
+@dataclass
+class _RationaleContext:
+    """What rationale decoding needs about one session: its turns and quote marks, and (grounded quotes) the
+    transcript index that guides each row, whose text then comes from the token bytes it was checked on."""
+
+    turns: list[str]
+    pairs: list[tuple[str, str]]
+    index: TranscriptIndex | None
+    decode: Callable[[list[int]], str]
+
+    def guides(self, rows: int) -> list[QuoteGuide] | None:
+        return None if self.index is None else [QuoteGuide(self.index) for _ in range(rows)]
+
+
+def _rationale_context(builder: PromptBuilder, session: Session, grounded: bool) -> _RationaleContext:
+    turns = [t.text for t in session.turns]
+    pairs = list(builder.instrument.prompt_texts(session.language).quotes)
+    if not grounded:
+        return _RationaleContext(turns, pairs, None, lambda ids: builder.tokenizer.decode(ids, skip_special_tokens=True))
+    table = token_bytes(builder.tokenizer)
+    return _RationaleContext(turns, pairs, TranscriptIndex(turns, pairs, table, session.language), table.decode)
+
+
+def _first_tokens(logits: np.ndarray, answers: list[_Answer], guides: list[QuoteGuide] | None, steps: int) -> list[int]:
+    """The first generated token per row: the answer-position argmax, or the best token the guide allows."""
+    if guides is None:
+        return [a.first for a in answers]
+    return [g.choose(logits[b], last=steps == 0) for b, g in enumerate(guides)]
+
+
 def _continue_greedy(backend: Backend, past, mask: np.ndarray, next_pos: np.ndarray, first: list[int], steps: int,
-                     eos_ids: list[int], pad: int) -> list[list[int]]:
+                     eos_ids: list[int], pad: int, guides: list[QuoteGuide] | None = None) -> list[list[int]]:
     """Greedy decoding after prompts held in `past`: `first` plus up to `steps` tokens per row, stopping after EOS.
 
-    `next_pos` holds each row's next position id (its real prompt length).
+    `next_pos` holds each row's next position id (its real prompt length). `guides` (one per row) constrain
+    quotations to the transcript.
     """
     tokens = [[t] for t in first]
     current = np.asarray(first, dtype=np.int64)
@@ -140,7 +178,11 @@ def _continue_greedy(backend: Backend, past, mask: np.ndarray, next_pos: np.ndar
             break
         mask = np.concatenate([mask, np.ones((len(first), 1), np.int64)], axis=1)
         logits, past = backend.forward(current[:, None], mask, (next_pos + step)[:, None], past)
-        nxt = np.where(done, pad, logits.argmax(-1))
+        if guides is None:
+            nxt = np.where(done, pad, logits.argmax(-1))
+        else:
+            nxt = np.array([pad if done[b] else guides[b].choose(logits[b], last=step == steps - 1)
+                            for b in range(len(first))], dtype=np.int64)
         for b in np.flatnonzero(~done):
             tokens[b].append(int(nxt[b]))
         done |= np.isin(nxt, eos_ids)
@@ -149,19 +191,21 @@ def _continue_greedy(backend: Backend, past, mask: np.ndarray, next_pos: np.ndar
 
 
 def _item_score(builder: PromptBuilder, item_id: str, answer: _Answer, generated: list[int] | None,
-                rationales: bool) -> ItemScore:
+                context: _RationaleContext | None) -> ItemScore:
     digit_ids, points, decode = builder.digit_ids, builder.instrument.scale.points, builder.tokenizer.decode
     tokens = generated or [answer.first]
     if answer.first in digit_ids:
         greedy, text_ok = points[digit_ids.index(answer.first)], True
     else:
-        text = decode(tokens[: 1 + FALLBACK_TOKENS], skip_special_tokens=True)
-        greedy, text_ok = parse_score(text, points, builder.instrument.scale.answer_symbols), False
-    rationale = None
-    if rationales:
-        text = decode(tokens, skip_special_tokens=True)
+        greedy, text_ok = parse_score(decode(tokens[: 1 + FALLBACK_TOKENS], skip_special_tokens=True), points,
+                                      builder.instrument.scale.answer_symbols), False
+    rationale = quotes = None
+    if context is not None:
+        text = context.decode(tokens)
         rationale = text.split("\n", 1)[1].strip() if "\n" in text else ""
-    return ItemScore(item_id, answer.expected, answer.distribution, answer.digit_mass, greedy, text_ok, rationale)
+        quotes = locate_quotes(rationale, context.turns, context.pairs)
+    return ItemScore(item_id, answer.expected, answer.distribution, answer.digit_mass, greedy, text_ok, rationale,
+                     quotes)
 
 
 def item_batches(backend: Backend, enc: EncodedSession, item_ids: list[str], batch_size: int,
@@ -188,22 +232,24 @@ def item_batches(backend: Backend, enc: EncodedSession, item_ids: list[str], bat
 
 
 def _score_shared(backend: Backend, builder: PromptBuilder, enc: EncodedSession, eos_ids: list[int], batch_size: int,
-                  rationales: bool, max_new_tokens: int) -> dict[str, ItemScore]:
+                  context: _RationaleContext | None, max_new_tokens: int) -> dict[str, ItemScore]:
     pad, out = pad_id(builder.tokenizer), {}
     points = builder.instrument.scale.points
     for batch, lens, logits, past, mask in item_batches(backend, enc, builder.instrument.item_ids, batch_size, pad):
         answers = _read_answers(logits, builder.digit_ids, points)
-        steps = _generation_steps(answers, builder.digit_ids, rationales, max_new_tokens)
+        steps = _generation_steps(answers, builder.digit_ids, context is not None, max_new_tokens)
         generated: list[list[int] | None] = [None] * len(batch)
         if steps:
-            generated = _continue_greedy(backend, past, mask, lens, [a.first for a in answers], steps, eos_ids, pad)
+            guides = context.guides(len(batch)) if context is not None else None
+            first = _first_tokens(logits, answers, guides, steps)
+            generated = _continue_greedy(backend, past, mask, lens, first, steps, eos_ids, pad, guides)
         for b, item in enumerate(batch):
-            out[item] = _item_score(builder, item, answers[b], generated[b], rationales)
+            out[item] = _item_score(builder, item, answers[b], generated[b], context)
     return out
 
 
-def _score_each(backend: Backend, builder: PromptBuilder, enc: EncodedSession, eos_ids: list[int], rationales: bool,
-                max_new_tokens: int) -> dict[str, ItemScore]:
+def _score_each(backend: Backend, builder: PromptBuilder, enc: EncodedSession, eos_ids: list[int],
+                context: _RationaleContext | None, max_new_tokens: int) -> dict[str, ItemScore]:
     pad, out = pad_id(builder.tokenizer), {}
     for item in builder.instrument.item_ids:
         prompt = enc.prefix + enc.items[item]
@@ -211,11 +257,13 @@ def _score_each(backend: Backend, builder: PromptBuilder, enc: EncodedSession, e
         mask = np.ones((1, k), np.int64)
         logits, past = backend.forward(np.asarray([prompt], np.int64), mask, np.arange(k)[None, :], backend.empty_past(1))
         answer = _read_answers(logits, builder.digit_ids, builder.instrument.scale.points)[0]
-        steps = _generation_steps([answer], builder.digit_ids, rationales, max_new_tokens)
+        steps = _generation_steps([answer], builder.digit_ids, context is not None, max_new_tokens)
         generated = None
         if steps:
-            generated = _continue_greedy(backend, past, mask, np.array([k]), [answer.first], steps, eos_ids, pad)[0]
-        out[item] = _item_score(builder, item, answer, generated, rationales)
+            guides = context.guides(1) if context is not None else None
+            first = _first_tokens(logits, [answer], guides, steps)
+            generated = _continue_greedy(backend, past, mask, np.array([k]), first, steps, eos_ids, pad, guides)[0]
+        out[item] = _item_score(builder, item, answer, generated, context)
     return out
 
 
@@ -228,8 +276,10 @@ def _session_score(enc: EncodedSession, instrument: Instrument, items: dict[str,
 
 def score_sessions(backend: Backend, builder: PromptBuilder, sessions: Iterable[Session], *, eos_ids: Iterable[int],
                    batch_size: int = 16, rationales: bool = False, max_new_tokens: int = 96, shared_cache: bool = True,
-                   progress: bool = True) -> list[SessionScore]:
-    """Score every item of every session (see the module docstring); `eos_ids` end greedy decoding."""
+                   progress: bool = True, grounded_quotes: bool = True) -> list[SessionScore]:
+    """Score every item of every session (see the module docstring); `eos_ids` end greedy decoding.
+
+    `grounded_quotes` (with `rationales`): quotations are constrained to verbatim spans of the transcript."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
@@ -239,10 +289,11 @@ def score_sessions(backend: Backend, builder: PromptBuilder, sessions: Iterable[
     results = []
     for session in tqdm(sessions, desc="scoring", unit="session", disable=not progress):
         enc = builder.encode(session)
+        context = _rationale_context(builder, session, grounded_quotes) if rationales else None
         if shared_cache:
-            items = _score_shared(backend, builder, enc, eos, batch_size, rationales, max_new_tokens)
+            items = _score_shared(backend, builder, enc, eos, batch_size, context, max_new_tokens)
         else:
-            items = _score_each(backend, builder, enc, eos, rationales, max_new_tokens)
+            items = _score_each(backend, builder, enc, eos, context, max_new_tokens)
         results.append(_session_score(enc, builder.instrument, items))
     return results
 

@@ -81,7 +81,7 @@ def eos_ids(model, tokenizer) -> set[int]:
 
 def score_sessions(model, tokenizer, builder: PromptBuilder, sessions: Iterable[Session], *, batch_size: int = 16,
                    rationales: bool = False, max_new_tokens: int = 96, shared_cache: bool = True,
-                   progress: bool = True) -> list[SessionScore]:
+                   progress: bool = True, grounded_quotes: bool = True) -> list[SessionScore]:
     """`readout.score_sessions` with this model. Deterministic; leaves the model's mode as found."""
     import torch
 
@@ -92,6 +92,7 @@ def score_sessions(model, tokenizer, builder: PromptBuilder, sessions: Iterable[
         with torch.inference_mode():
             return readout.score_sessions(backend, builder, sessions, eos_ids=eos_ids(model, tokenizer),
                                           batch_size=batch_size, rationales=rationales, max_new_tokens=max_new_tokens,
-                                          shared_cache=shared_cache, progress=progress)
+                                          shared_cache=shared_cache, progress=progress,
+                                          grounded_quotes=grounded_quotes)
     finally:
         model.train(was_training)

@@ -71,6 +71,63 @@ def _verdicts(cv: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _intervals_section(cv: Mapping[str, Any], instrument) -> str:
+    """Honest coverage and mean width of the calibrated intervals per dimension and level, and what they mean."""
+    iv = cv.get("intervals")
+    if not iv:
+        return "No intervals were calibrated for this model.\n"
+    levels = [str(x) for x in iv["levels"]]
+    lines = ["| dimension | " + " | ".join(f"{x}%: coverage | {x}%: mean width" for x in levels) + " |",
+             "|---|" + "---|---|" * len(levels)]
+    for dim, cells in iv["dimensions"].items():
+        row = []
+        for x in levels:
+            c = cells.get(x) or {}
+            row += [f"{_fmt(100 * c['coverage'])}%" if c.get("coverage") is not None else "n/a", _fmt(c.get("width"))]
+        lines.append(f"| {dim} | " + " | ".join(row) + " |")
+    items = list(iv["items"].values())
+    item_line = ", ".join(
+        f"{x}%: coverage {_fmt(100 * _avg([c[x]['coverage'] for c in items]))}%, "
+        f"width {_fmt(_avg([c[x]['width'] for c in items]))}"
+        for x in levels)
+    widths = iv.get("mean_width") or {}
+    low, high = instrument.scale.points[0], instrument.scale.points[-1]
+    return (f"{chr(10).join(lines)}\n\n"
+            f"What an interval means: for sessions like the training data, {levels[0]}% of clients' own scores fell "
+            f"inside the {levels[0]}% interval (and likewise for the other levels); it says nothing about a session "
+            "unlike them.\n"
+            f"Measured honestly: each fold's intervals were calibrated on the other folds' out-of-fold residuals "
+            f"and checked on that fold ({iv['n_sessions']} sessions in all). Items (mean over the "
+            f"{len(items)} items): {item_line}. Intervals are clipped to the scale ({low}-{high}).\n"
+            f"Method: {iv['method']} split-conformal (mean width {_fmt(widths.get('absolute'))} absolute, "
+            f"{_fmt(widths.get('normalized'))} normalised by the spread of the model's own score distribution; "
+            "the narrower is used).\n")
+
+
+def _avg(values: list) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _rationale_lines(cv: Mapping[str, Any]) -> list[str]:
+    """Grounding rate, BLEU and ROUGE-L of the held-out rationale sample, with and without grounded quotes."""
+    rq = cv.get("rationale_quality")
+    if not rq:
+        return []
+    lines = [f"Held-out rationale sample: {rq['n_pairs']} (session, item) pairs, generated both ways "
+             f"(this package: {'grounded' if rq.get('grounded_quotes') else 'free'} quotes).", "",
+             "| decoding | grounding rate | quotes | BLEU | ROUGE-L F | generation time |", "|---|---|---|---|---|---|"]
+    for mode, name in (("constrained", "grounded (constrained decoding)"), ("unconstrained", "free")):
+        m = rq.get(mode) or {}
+        rate = m.get("grounding_rate")
+        lines.append(f"| {name} | {_fmt(rate) if rate is not None else 'n/a (no quotes)'} | {m.get('n_quotes', 'n/a')} | "
+                     f"{_fmt(m.get('bleu'))} | {_fmt(m.get('rouge_l_f'))} | {_fmt(m.get('seconds'))} s |")
+    lines += ["", "Grounding rate: share of quotations found verbatim in one turn of the session's transcript. With "
+              "grounded quotes it is 1 by construction: inside quotation marks the model may only copy a span of "
+              "a turn; outside them it writes freely, and what it writes there is not checked."]
+    return lines
+
+
 def _data_lines(metadata: Mapping[str, Any], cv: Mapping[str, Any]) -> list[str]:
     sha = metadata.get("data_sha256")
     lines = [f"- Data: {metadata.get('data_path', 'n/a')} (sha256 {sha[:16] + '...' if sha else 'n/a'}), "
@@ -172,6 +229,9 @@ a measure of a counselor's performance on its own; never use it to make decision
 ## What the numbers say
 {chr(10).join(_verdicts(cv))}
 
+## Calibrated intervals
+{_intervals_section(cv, instrument)}
+{chr(10).join(["## Rationales", *_rationale_lines(cv), ""]) if rationales and cv.get("rationale_quality") else ""}
 ## Warnings from the run
 {chr(10).join(warning_lines)}
 
@@ -183,7 +243,9 @@ a measure of a counselor's performance on its own; never use it to make decision
 care score --model THIS_DIR sessions.jsonl --out scores.jsonl [--rationales] [--device cpu|cuda]
 ```
 Input: the annotation JSONL format (ratings not needed). Output: one line per session with per-item
-expected score, distribution, greedy score{rationale_usage}, and per-dimension scores; never the transcript.
+expected score, distribution, greedy score{rationale_usage}, and per-dimension scores, each with its
+calibrated `interval` per level when the package has calibration.json; never the transcript (rationales
+quote it, and list where: `quotes: [{{turn, start, end}}]`). `care report` turns the output into an HTML page.
 Scoring config: max_length {s['max_length']}, reserve {s['reserve']}, context policy {s.get('context_policy', 'keep_end')}
 (a longer transcript {_POLICY_WORDS.get(s.get('context_policy', 'keep_end'), 'is cut')}), prompt version {s['prompt_version']}.
 The package is verified against `manifest.json` before loading; a changed, missing or extra file is refused.

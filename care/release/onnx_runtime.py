@@ -102,6 +102,11 @@ class PackageTokenizer:
         self.eos_token_id = self._id(self.special_tokens_map.get("eos_token"))
         self.pad_token_id = self._id(self.special_tokens_map.get("pad_token"))
 
+    @property
+    def backend_tokenizer(self):
+        """The `tokenizers.Tokenizer` (as on a transformers fast tokenizer): grounded quotes read its vocabulary."""
+        return self._tok
+
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self._tok.token_to_id(token)
 
@@ -254,16 +259,29 @@ def answer_logits(pkg: Package, session: Session, batch_size: int = 16) -> tuple
 
 
 def score_sessions(pkg: Package, sessions: Iterable[Session], *, batch_size: int = 16, rationales: bool = False,
-                   max_new_tokens: int = 96, shared_cache: bool = True, progress: bool = True) -> list[SessionScore]:
+                   max_new_tokens: int = 96, shared_cache: bool = True, progress: bool = True,
+                   grounded_quotes: bool = True) -> list[SessionScore]:
     """`readout.score_sessions` with the package's model."""
     return readout.score_sessions(pkg.lm, pkg.builder, sessions, eos_ids=pkg.eos_ids, batch_size=batch_size,
                                   rationales=rationales, max_new_tokens=max_new_tokens, shared_cache=shared_cache,
-                                  progress=progress)
+                                  progress=progress, grounded_quotes=grounded_quotes)
 
 
-def result_record(score: SessionScore, instrument: Instrument, rationales: bool, ndigits: int = 6) -> dict[str, Any]:
-    """One output line: session id, per-item scores, per-dimension scores; never transcript text."""
+def result_record(score: SessionScore, instrument: Instrument, rationales: bool, ndigits: int = 6,
+                  calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One output line: session id, per-item scores, per-dimension scores; never transcript text.
+
+    With `rationales`, each item's rationale and where its quotes are (`quotes: [{turn, start, end}]`); with a
+    `calibration` (care.release.calibration), `interval: {level: [lo, hi]}` per item and per dimension
+    (the record's `interval` maps each dimension to its levels), clipped to the scale.
+    """
     r = lambda x: None if x is None else round(float(x), ndigits)  # noqa: E731
+    spans = None
+    if calibration is not None:
+        from care.evaluation.intervals import session_intervals
+
+        spans = session_intervals(calibration, instrument, {i: s.expected for i, s in score.items.items()},
+                                  {i: s.distribution for i, s in score.items.items()})
     items = {}
     for item_id, s in score.items.items():
         rec: dict[str, Any] = {
@@ -271,13 +289,20 @@ def result_record(score: SessionScore, instrument: Instrument, rationales: bool,
             "distribution": {str(p): r(v) for p, v in zip(instrument.scale.points, s.distribution)},
             "greedy": s.greedy,
         }
+        if spans is not None:
+            rec["interval"] = {level: [r(lo), r(hi)] for level, (lo, hi) in spans["items"][item_id].items()}
         if rationales:
             rec["rationale"] = s.rationale
+            rec["quotes"] = s.quotes
         items[item_id] = rec
-    return {
+    out = {
         "session_id": score.session_id,
         "items": items,
         "dimensions": {d: r(v) for d, v in score.dimensions_expected.items()},
         "dimensions_greedy": {d: r(v) for d, v in score.dimensions_greedy.items()},
         "truncated": score.truncated,
     }
+    if spans is not None:
+        out["interval"] = {d: {level: [r(lo), r(hi)] for level, (lo, hi) in cells.items()}
+                           for d, cells in spans["dimensions"].items()}
+    return out

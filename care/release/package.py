@@ -6,6 +6,7 @@ Layout (every file listed with size and sha256 in `manifest.json`, written last)
     tokenizer.json tokenizer_config.json special_tokens_map.json [chat_template.jinja] [generation_config.json]
     config.json                    the model config (informational)
     instrument.yaml                the questionnaire the model scores
+    [calibration.json]             the conformal intervals' calibration (care.release.calibration)
     README.md                      the model card
     manifest.json                  metadata (data version, commit, params digest, metrics, gate, scoring config)
 
@@ -21,6 +22,7 @@ from typing import Any, Mapping
 
 from care.errors import CareError
 from care.fsutil import atomic_dir
+from care.release.calibration import write_calibration
 from care.release.manifest import write_manifest
 from care.release.model_card import model_card
 
@@ -31,8 +33,12 @@ REQUIRED_SCORING = ("max_length", "reserve", "context_policy", "languages", "pro
 
 
 def build_package(out_dir: str | Path, onnx_dir: str | Path, tokenizer_dir: str | Path | None,
-                  instrument_path: str | Path, metadata: Mapping[str, Any]) -> dict[str, Any]:
+                  instrument_path: str | Path, metadata: Mapping[str, Any],
+                  calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Assemble the release package at `out_dir` atomically; returns the manifest.
+
+    `calibration` (care.evaluation.intervals.calibrate's) is written as calibration.json, so `care score`
+    gives intervals.
 
     `metadata` must hold `scoring` = {max_length, reserve, context_policy, languages, prompt_version, prompt_date}; other keys (data_version,
     git_commit, params_digest, base_model, cv, gate, parity, ...) are recorded as given (numbers and ids only:
@@ -61,6 +67,10 @@ def build_package(out_dir: str | Path, onnx_dir: str | Path, tokenizer_dir: str 
         if (onnx_dir / "config.json").is_file():
             shutil.copyfile(onnx_dir / "config.json", tmp / "config.json")
         shutil.copyfile(instrument_path, tmp / "instrument.yaml")
+        if calibration is not None:
+            from care.evaluation.intervals import check_calibration
+
+            write_calibration(tmp, check_calibration(dict(calibration), instrument, "calibration"))
         (tmp / "README.md").write_text(model_card(metadata, instrument), "utf-8")
         manifest = write_manifest(tmp, {"format": FORMAT, "instrument": instrument.name, **metadata})
     return manifest

@@ -1,5 +1,8 @@
 """One held-out fold: score it with the fine-tuned model (and the zero-shot base), then its metrics.
 
+The rationale sample is generated twice, with and without grounded quotes (care.evaluation.grounding), so
+the metrics compare both and show what the constraint costs in time.
+
 Scores are cached by the fit's key, the fold's sessions, the eval params and the scoring code, so a rerun
 of a finished fold reads them back instead of scoring again.
 """
@@ -9,9 +12,11 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from typing import Any
 
 from care.cache import cache_root, digest, source_digest
+from care.errors import CareError
 from care.fsutil import atomic_write_json
 from care.params import EvalParams, FitParams
 from care.run.artifacts import ModelDir
@@ -29,21 +34,37 @@ def _sample_for_rationales(test: list, n_pairs: int, n_items: int, seed: int) ->
 
 
 def _rationale_quality(model, tokenizer, build, test, eval: EvalParams, seed: int) -> dict | None:
+    """The sample's rationales generated with (`constrained`) and without (`unconstrained`) grounded quotes:
+    BLEU, ROUGE-L, grounding rate and generation seconds of each; `grounded_quotes` names the one in use."""
     from care.evaluation.rationale_quality import rationale_quality
     from care.evaluation.torch_scoring import score_sessions
 
     sample = _sample_for_rationales(test, eval.rationale_sample, len(build.instrument.item_ids), seed)
     if not sample:
         return None
-    generated = score_sessions(model, tokenizer, build, sample, batch_size=eval.batch_size, rationales=True,
-                               max_new_tokens=eval.rationale_max_new_tokens)
-    pairs = []
-    for session, scored in zip(sample, generated):
-        utterances = [t.text for t in session.turns]
-        for item_id, item in scored.items.items():
-            if len(pairs) < eval.rationale_sample:
-                pairs.append((item.rationale or "", session.rationales[item_id], utterances, session.language))
-    return rationale_quality(pairs)
+    marks = {s.language: build.instrument.prompt_texts(s.language).quotes for s in sample}
+    out: dict = {"n_pairs": min(eval.rationale_sample, len(sample) * len(build.instrument.item_ids)),
+                 "grounded_quotes": eval.grounded_quotes}
+    for mode, grounded in (("constrained", True), ("unconstrained", False)):
+        start = time.perf_counter()
+        try:
+            generated = score_sessions(model, tokenizer, build, sample, batch_size=eval.batch_size, rationales=True,
+                                       max_new_tokens=eval.rationale_max_new_tokens, grounded_quotes=grounded,
+                                       progress=False)
+        except CareError as exc:  # grounded quotes impossible here (tokenizer, quote marks) and not asked for
+            if not grounded or eval.grounded_quotes:
+                raise
+            out[mode], out["constrained_skipped"] = None, str(exc)
+            continue
+        seconds = time.perf_counter() - start
+        pairs = []
+        for session, scored in zip(sample, generated):
+            utterances = [t.text for t in session.turns]
+            for item_id, item in scored.items.items():
+                if len(pairs) < eval.rationale_sample:
+                    pairs.append((item.rationale or "", session.rationales[item_id], utterances, session.language))
+        out[mode] = {**rationale_quality(pairs, marks), "seconds": seconds}
+    return out
 
 
 def score_fold(data: DataRef, folds_doc: dict, k: int, fit: FitParams, eval: EvalParams, model: ModelDir,
@@ -51,11 +72,13 @@ def score_fold(data: DataRef, folds_doc: dict, k: int, fit: FitParams, eval: Eva
     """Item-level predictions for both readouts, unparsed counts, digit mass and rationale quality of fold `k`
     (plus the zero-shot base's predictions when `eval.zero_shot`)."""
     held = folds_doc["folds"][k]["sessions"]
-    key = digest([model.key, k, held, data.sha256, eval.model_dump(mode="json"), cv_seed,
+    # interval levels are applied after scoring (care.run.report): changing them never rescores a fold
+    key = digest([model.key, k, held, data.sha256, eval.model_dump(mode="json", exclude={"interval_levels"}), cv_seed,
                   source_digest(*_SCORING_CODE)])[:24]
     cached = cache_root() / "scores" / f"{key}.json"
     if cached.exists():
         return json.loads(cached.read_text("utf-8"))
+    from care.evaluation.intervals import distribution_sd
     from care.evaluation.readout import readout
     from care.evaluation.torch_scoring import score_sessions
 
@@ -73,6 +96,9 @@ def score_fold(data: DataRef, folds_doc: dict, k: int, fit: FitParams, eval: Eva
         "transcripts": {"sessions": len(test), "truncated": sum(s.truncated for s in scores),
                         "mean_tokens": sum(tokens) / len(tokens) if tokens else None},
         "predictions": {mode: preds[mode][0] for mode in READOUTS},
+        # spread (sd) of each item's digit distribution: what normalised intervals scale by
+        "spread": {s.session_id: {i: distribution_sd(it.distribution, instrument.scale.points)
+                                  for i, it in s.items.items()} for s in scores},
         "unparsed": {mode: preds[mode][2] for mode in READOUTS},
         "digit_mass": {"mean": sum(masses) / len(masses), "min": min(masses)},
         "rationale_quality": None,

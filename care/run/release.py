@@ -63,6 +63,7 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
     """
     from care.model.base_files import base_provenance
     from care.model.presets import load_tokenizer
+    from care.evaluation.intervals import summary as interval_summary
     from care.release import build_package, check_parity, export_onnx, merge_adapter
     from care.run.data import load_data
     from care.run.fits import ADAPTER, builder
@@ -104,9 +105,10 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
             "finetune": params.model.finetune,
             "targets": params.train.targets,
             "instrument": instrument.name,
-            "cv": {k: cv[k] for k in ("mean", "std", "baselines", "n_folds", "n_sessions", "unparsed", "readout",
-                                      "targets", "targets_requested", "score_only_fallback_share", "transcripts",
-                                      "warnings") if k in cv},
+            "cv": {**{k: cv[k] for k in ("mean", "std", "baselines", "n_folds", "n_sessions", "unparsed", "readout",
+                                         "targets", "targets_requested", "score_only_fallback_share", "transcripts",
+                                         "warnings", "rationale_quality") if k in cv},
+                   **({"intervals": interval_summary(cv["intervals"])} if cv.get("intervals") else {})},
             "gate": gate,
             "merge": merge,
             "export": export,
@@ -115,9 +117,10 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
                         "context_policy": params.model.context_policy,
                         "languages": data.languages, "prompt_version": prompt_version(instrument),
                         "prompt_date": params.model.prompt_date.isoformat(),
-                        "readout": params.eval.readout},
+                        "readout": params.eval.readout, "grounded_quotes": params.eval.grounded_quotes},
         }
-        build_package(package, work / "onnx", None, resolved_instrument(instrument, work / "instrument.yaml"), metadata)
+        build_package(package, work / "onnx", None, resolved_instrument(instrument, work / "instrument.yaml"), metadata,
+                      calibration=(cv.get("intervals") or {}).get("calibration"))
     finally:
         for name in ("merged", "onnx"):
             shutil.rmtree(work / name, ignore_errors=True)

@@ -1,8 +1,9 @@
 """The run's results: the cross-validation detail, the one-glance summary, and the held-out predictions.
 
 - `cv_detail` (metrics/cv_detail.json): every per-fold, per-item, per-readout and per-baseline number,
-  digit mass, rationale quality and example counts; what `scripts/cv_table.py`, the model card and the
-  registry read.
+  digit mass, rationale quality (with and without grounded quotes), the calibrated intervals (honest
+  coverage and width, and the release's calibration) and example counts; what `scripts/cv_table.py`, the
+  model card and the registry read.
 - `cv_summary` (metrics/cv.json, the DVC metrics file): per dimension the model's mean Pearson and MSE and
   the best baseline on each, plus the gate verdict and the warnings count: about 20 values that
   `dvc metrics show` prints in one table and `dvc metrics diff` compares.
@@ -42,6 +43,35 @@ def _transcripts(fold_results: list[dict]) -> dict[str, Any]:
             "mean_tokens": mean_tokens}
 
 
+def _rationale_summary(folds: list[dict]) -> dict[str, Any] | None:
+    """The folds' rationale quality pooled per mode (constrained / unconstrained), and the time ratio."""
+    from care.evaluation.rationale_quality import summarize
+
+    if not folds:
+        return None
+    out: dict[str, Any] = {"n_pairs": sum(f["n_pairs"] for f in folds), "grounded_quotes": folds[0]["grounded_quotes"]}
+    for mode in ("constrained", "unconstrained"):
+        runs = [f[mode] for f in folds if f.get(mode)]
+        out[mode] = {**summarize(runs), "seconds": sum(r["seconds"] for r in runs)} if runs else None
+    skipped = [f["constrained_skipped"] for f in folds if f.get("constrained_skipped")]
+    if skipped:
+        out["constrained_skipped"] = skipped[0]  # why (eval.grounded_quotes false, and the tokenizer or marks refuse)
+    both = out["constrained"] and out["unconstrained"] and out["unconstrained"]["seconds"]
+    out["time_ratio"] = out["constrained"]["seconds"] / out["unconstrained"]["seconds"] if both else None
+    return out
+
+
+def intervals(data: DataRef, scored: list[dict], eval: EvalParams) -> dict[str, Any]:
+    """Conformal intervals from the folds' out-of-fold expected scores (care.evaluation.intervals)."""
+    from care.evaluation.baselines import client_items
+    from care.evaluation.intervals import calibrate
+
+    sessions, instrument = load_data(data)
+    folds = [{"predictions": s["predictions"]["expected"], "spread": s["spread"]}
+             for s in sorted(scored, key=lambda s: s["fold"])]
+    return calibrate(folds, client_items(sessions), instrument, eval.interval_levels)
+
+
 def cv_detail(data: DataRef, fold_results: list[dict], scored: list[dict], eval: EvalParams, cv: CvParams,
               train: TrainParams) -> dict:
     """Mean +/- std over folds for the model and every baseline, and the run's diagnostics and warnings."""
@@ -62,9 +92,8 @@ def cv_detail(data: DataRef, fold_results: list[dict], scored: list[dict], eval:
         "unparsed_by_readout": {m: sum(r["unparsed_by_readout"][m] for r in fold_results) for m in READOUTS},
         "digit_mass": {"mean": _mean([r["digit_mass"]["mean"] for r in fold_results]),
                        "min": min(r["digit_mass"]["min"] for r in fold_results)},
-        "rationale_quality": (
-            {key: _mean([q.get(key) for q in rq]) for key in rq[0] if isinstance(rq[0][key], (int, float))} if rq else None
-        ),
+        "rationale_quality": _rationale_summary(rq),
+        "intervals": intervals(data, scored, eval),
         "examples": examples,
         "transcripts": transcripts,
         "train_seconds": sum(r["train"]["wall_s"] for r in fold_results),

@@ -1,0 +1,180 @@
+"""What `care report` reads: the `care score` output and the sessions it scored, checked against each other.
+
+Every problem names the file, line, session id and field, never text of a transcript or a rationale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from care.data.instrument import Instrument
+from care.data.reader import read_jsonl
+from care.data.schema import Session
+from care.errors import CareError, InvalidData, Problem, label
+
+Interval = tuple[float, float]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class Quote(_Record):
+    turn: int = Field(ge=0)
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+
+
+class ItemResult(_Record):
+    expected: float
+    distribution: dict[str, float]
+    greedy: int | None = None
+    interval: dict[str, Interval] | None = None
+    rationale: str | None = None
+    quotes: list[Quote] | None = None
+
+
+class SessionResult(_Record):
+    """One line of `care score` output (fields the report shows; others are ignored)."""
+
+    session_id: str
+    items: dict[str, ItemResult]
+    dimensions: dict[str, float | None]
+    interval: dict[str, dict[str, Interval]] | None = None
+    truncated: bool = False
+
+
+@dataclass
+class ReportInput:
+    """Scores in file order, each with its session."""
+
+    results: list[SessionResult]
+    sessions: list[Session]
+    instrument: Instrument
+
+
+def _field(loc: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else ("." if i else "") + label(str(p), 40)
+                   for i, p in enumerate(loc)) or "<line>"
+
+
+def read_scores(path: Path) -> list[tuple[int, SessionResult]]:
+    """(line number, record) for every line of a `care score` output; InvalidData lists every problem."""
+    if not path.is_file():
+        raise CareError(f"{path}: no such file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CareError(f"{path}: file is not UTF-8 (byte offset {exc.start})") from None
+    out, problems = [], []
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            problems.append(Problem(lineno, "?", "<json>", "malformed JSON", str(path)))
+            continue
+        sid = label(obj["session_id"]) if isinstance(obj, dict) and isinstance(obj.get("session_id"), str) else "?"
+        try:
+            out.append((lineno, SessionResult.model_validate(obj)))
+        except ValidationError as exc:
+            for err in exc.errors(include_input=False, include_url=False):
+                problems.append(Problem(lineno, sid, _field(err["loc"]), err["msg"], str(path)))
+    if problems:
+        raise InvalidData(problems)
+    if not out:
+        raise CareError(f"{path}: no scores")
+    return out
+
+
+def _check(path: Path, line: int, result: SessionResult, session: Session, instrument: Instrument) -> list[Problem]:
+    """The record against its instrument (items, dimensions, scale) and its session (quote places)."""
+    sid, where = label(result.session_id), str(path)
+    problems = []
+    if sorted(result.items) != sorted(instrument.item_ids):
+        problems.append(Problem(line, sid, "items", f"items do not match instrument {instrument.name}", where))
+        return problems
+    if sorted(result.dimensions) != sorted(instrument.dimensions):
+        problems.append(Problem(line, sid, "dimensions", f"dimensions do not match instrument {instrument.name}", where))
+    low, high = instrument.scale.min, instrument.scale.max
+    for item_id, item in result.items.items():
+        if not low <= item.expected <= high:
+            problems.append(Problem(line, sid, f"items.{item_id}.expected", f"outside the scale {low}-{high}", where))
+        for k, q in enumerate(item.quotes or []):
+            if q.turn >= len(session.turns) or not q.start < q.end <= len(session.turns[q.turn].text):
+                problems.append(Problem(line, sid, f"items.{item_id}.quotes[{k}]",
+                                        "not a span of the session's transcript (are the sessions the ones scored?)",
+                                        where))
+    for dim, value in result.dimensions.items():
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            problems.append(Problem(line, sid, f"dimensions.{dim}", f"outside the scale {low}-{high}", where))
+    return problems
+
+
+def load_inputs(scores_path: str | Path, sessions_path: str | Path, instrument: Instrument) -> ReportInput:
+    """The scores and the sessions they name; refuses a score without its session, a duplicate, or a
+    record that does not fit the instrument or its transcript."""
+    scores_path, sessions_path = Path(scores_path), Path(sessions_path)
+    scored = read_scores(scores_path)
+    parsed = read_jsonl(sessions_path)
+    if parsed.problems:
+        raise InvalidData(parsed.problems)
+    by_id: dict[str, Session] = {}
+    for session in parsed.sessions:
+        by_id.setdefault(session.session_id, session)
+    problems, seen, results, sessions = [], set(), [], []
+    for line, result in scored:
+        sid = label(result.session_id)
+        if result.session_id in seen:
+            problems.append(Problem(line, sid, "session_id", "scored twice in this file", str(scores_path)))
+            continue
+        seen.add(result.session_id)
+        session = by_id.get(result.session_id)
+        if session is None:
+            problems.append(Problem(line, sid, "session_id", f"no such session in {sessions_path}", str(scores_path)))
+            continue
+        found = _check(scores_path, line, result, session, instrument)
+        problems += found
+        if not found:
+            results.append(result)
+            sessions.append(session)
+    if problems:
+        raise InvalidData(problems)
+    return ReportInput(results, sessions, instrument)
+
+
+def overall(result: SessionResult) -> float | None:
+    """The session's predicted alliance: the mean of its dimension scores (None when one is missing)."""
+    values = list(result.dimensions.values())
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+
+def first_level(results: list[SessionResult]) -> str | None:
+    """The lowest interval level the scores carry (e.g. "80"), or None without intervals."""
+    levels = {level for r in results for cells in (r.interval or {}).values() for level in cells}
+    return min(levels, key=float) if levels else None
+
+
+def interval_width(result: SessionResult, level: str) -> float | None:
+    """Mean width of the session's dimension intervals at `level`."""
+    cells = [c.get(level) for c in (result.interval or {}).values()]
+    if not cells or any(c is None for c in cells):
+        return None
+    return sum(hi - lo for lo, hi in cells) / len(cells)
+
+
+def uncertain(results: list[SessionResult], level: str | None, share: float = 0.2) -> list[bool]:
+    """Which sessions to mark uncertain: the `share` whose intervals at `level` are widest (at least one,
+    never when every session's width is the same)."""
+    widths = [interval_width(r, level) if level else None for r in results]
+    known = sorted(w for w in widths if w is not None)
+    if not known or known[-1] - known[0] < 1e-9:
+        return [False] * len(results)
+    cut = known[max(0, len(known) - max(1, math.ceil(share * len(known))))]
+    return [w is not None and w >= cut and w > known[0] + 1e-9 for w in widths]
