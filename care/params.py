@@ -38,7 +38,7 @@ class BaseCorpusParams(_Section):
     seeds that never generate the default data (seed 0), plus multi-script text that ships with Faker."""
 
     languages: list[str] = ["zh", "en"]  # synthetic transcript languages (care.data.synth)
-    sessions_per_language: Count = 40000
+    sessions_per_language: Count = 15000
     heldout_sessions_per_language: Count = 200  # held-out documents for the LM loss curve
     seed: int = Field(10_000, ge=1000)  # synthetic seeds seed, seed+1, ...; the default data is seed 0
     utterances: Annotated[int, Field(ge=10)] = 24  # mean utterances per session
@@ -53,20 +53,20 @@ class BaseBuildParams(_Section):
     """How `care base build` makes the embedded `tiny` base: tokenizer, architecture, pretraining schedule."""
 
     vocab_size: Count = 8192
-    hidden_size: Count = 256
-    intermediate_size: Count = 688
-    layers: Count = 4
+    hidden_size: Count = 128
+    intermediate_size: Count = 344
+    layers: Count = 2
     heads: Count = 4
     max_position: Count = 4096
     window: Count = 1024  # tokens per pretraining row: whole documents up to this length
     batch: Count = 8  # documents per step
-    steps: Count = 6000
-    lr: Positive = 1e-3
+    steps: Count = 2400
+    lr: Positive = 3e-3
     min_lr_ratio: Share = 0.1  # cosine decay to lr x this
-    warmup_steps: Annotated[int, Field(ge=0)] = 200
+    warmup_steps: Annotated[int, Field(ge=0)] = 100
     weight_decay: NonNegative = 0.01
-    eval_every: Count = 250  # steps between held-out loss evaluations (the loss curve)
-    checkpoint_every: Count = 500  # steps between resumable checkpoints
+    eval_every: Count = 200  # steps between held-out loss evaluations (the loss curve)
+    checkpoint_every: Count = 400  # steps between resumable checkpoints
     seed: int = 7
     corpus: BaseCorpusParams = BaseCorpusParams()
 
