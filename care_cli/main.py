@@ -171,18 +171,22 @@ def models_list(
     """List versions: version, stage, created, gate, key metrics (mean Pearson / MSE), data version."""
     import json
 
+    from care.registry.promotion import several_holders_message, stage_conflicts
+
     registry, name = _registry(params, model_name)
     rows = registry.list_versions(name)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
-        return
-    cols = ["version", "stage", "created", "gate_passed", "key_metrics", "data_version"]
-    cells = [[("-" if r.get(c) is None else str(r[c])) for c in cols] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
-    typer.echo(f"model {name}: {len(rows)} version(s)")
-    typer.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
-    for row in cells:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    else:
+        cols = ["version", "stage", "created", "gate_passed", "key_metrics", "data_version"]
+        cells = [[("-" if r.get(c) is None else str(r[c])) for c in cols] for r in rows]
+        widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+        typer.echo(f"model {name}: {len(rows)} version(s)")
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+        for row in cells:
+            typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    for stage, versions in stage_conflicts(rows).items():  # listed in full above; the state is refused
+        raise CareError(several_holders_message(name, stage, versions))
 
 
 @models_app.command("show")
@@ -230,13 +234,16 @@ def models_pull(
     out: Path = typer.Option(..., "--out", help="Directory to create (must not exist or be empty)."),
     stage: Optional[str] = typer.Option(None, "--stage", help="staging or production."),
     version: Optional[str] = typer.Option(None, "--version", help="Version number."),
+    trusted_key: Optional[Path] = typer.Option(None, "--trusted-key", help="PEM public key: refuse a package whose "
+                                               "manifest is not signed by it."),
     model_name: Optional[str] = _MODEL_NAME_OPT,
     params: Path = _PARAMS_OPT,
 ) -> None:
     """Copy a version's release package to DIR, verifying every sha256; nothing is left at DIR on failure."""
     registry, name = _registry(params, model_name)
-    info = registry.pull_package(out, name, version=version, stage=stage)
-    typer.echo(f"pulled {name} version {info['version']} to {info['out']} (verified)")
+    info = registry.pull_package(out, name, version=version, stage=stage, trusted_key=trusted_key)
+    typer.echo(f"pulled {name} version {info['version']} to {info['out']} (verified"
+               + (", signed by the trusted key)" if trusted_key else ")"))
 
 
 @app.command()
@@ -249,6 +256,8 @@ def score(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda fails unless ONNX Runtime really uses CUDA)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Item prompts per batch over a shared transcript cache."),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1, help="Rationale length bound (tokens)."),
+    trusted_key: Optional[Path] = typer.Option(None, "--trusted-key", help="PEM public key: refuse a package whose "
+                                               "manifest is not signed by it (see SECURITY.md, signed releases)."),
 ) -> None:
     """Score sessions with a release package on ONNX Runtime (no PyTorch): one JSON line per session."""
     import json
@@ -263,7 +272,7 @@ def score(
     if out is not None and out.is_dir():  # refused before any work; other write errors come from care.fsutil
         raise UsageError(f"--out {out}: is a directory, expected a file path")
 
-    pkg = load_package(model, device=device)
+    pkg = load_package(model, device=device, trusted_key=trusted_key)
     try:
         sessions = load_valid_sessions(input_path, instrument=pkg.instrument, ratings_required=False)
     except InvalidData as exc:
@@ -299,9 +308,11 @@ def train(
 
     params = load_params(params_file, overrides or [])
     if release:  # refused before ZenML or any training starts
+        from care.release.signing import configured_key
         from care.run.outputs import check_release_out
 
         check_release_out(params.release.out)
+        configured_key()  # CARE_SIGNING_KEY, when set, must name a key file
     from pipelines.training import run_training
 
     result = run_training(params, Outputs.at(metrics_dir, plots_dir), release=release)

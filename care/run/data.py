@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from care.data.instrument import Instrument, instrument_digest, load_instrument
+from care.data.instrument import Instrument, load_instrument_verified
 from care.data.schema import Session
 from care.errors import CareError
 from care.params import DataParams
@@ -59,7 +59,7 @@ def validate_data(data: DataParams) -> DataRef:
 
     path = Path(data.path)
     raw = _read(path)
-    instrument = load_instrument(data.instrument)
+    instrument, instrument_sha256 = load_instrument_verified(data.instrument)
     result = validate_parsed(parse_jsonl(raw, path), instrument)
     if result.problems:
         from care.errors import InvalidData
@@ -71,7 +71,7 @@ def validate_data(data: DataParams) -> DataRef:
         sha256=hashlib.sha256(raw).hexdigest(),
         limit=data.limit,
         instrument=data.instrument,
-        instrument_sha256=instrument_digest(data.instrument),
+        instrument_sha256=instrument_sha256,
         prompts_sha256=instrument.prompts_digest(),
         n_sessions=len(sessions),
         n_clients=len({s.client_id for s in sessions}),
@@ -90,9 +90,9 @@ def load_data(ref: DataRef) -> tuple[list[Session], Instrument]:
     if hashlib.sha256(raw).hexdigest() != ref.sha256:
         raise DataChanged(f"{path}: the data changed after this run validated it (sha256 {ref.sha256[:12]}...); "
                           "start a new run")
-    if instrument_digest(ref.instrument) != ref.instrument_sha256:
+    instrument, instrument_sha256 = load_instrument_verified(ref.instrument)  # parsed from the bytes it hashed
+    if instrument_sha256 != ref.instrument_sha256:
         raise DataChanged(f"instrument {ref.instrument}: changed after this run validated the data; start a new run")
-    instrument = load_instrument(ref.instrument)
     if instrument.prompts_digest() != ref.prompts_sha256:
         raise DataChanged(f"instrument {ref.instrument}: its prompt wording changed after this run validated the data; "
                           "start a new run")

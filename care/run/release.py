@@ -63,6 +63,7 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
     """
     from care.model.presets import load_tokenizer
     from care.release import build_package, check_parity, export_onnx, merge_adapter
+    from care.release.signing import sign_if_configured
     from care.run.data import load_data
     from care.run.fits import ADAPTER, builder
 
@@ -114,6 +115,7 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
                         "readout": params.eval.readout},
         }
         build_package(package, work / "onnx", None, resolved_instrument(instrument, work / "instrument.yaml"), metadata)
+        sign_if_configured(package)  # CARE_SIGNING_KEY: the package the next step registers carries manifest.sig
     finally:
         for name in ("merged", "onnx"):
             shutil.rmtree(work / name, ignore_errors=True)
