@@ -255,8 +255,11 @@ def load_package(root: str | Path, device: str = "cpu", threads: int | None = No
             from care.fsutil import atomic_write_bytes
 
             atomic_write_bytes(private / MODEL_FILE, pkg.data.pop(MODEL_FILE))
-        return open_model_dir(root, None, device=device, threads=threads, files=pkg.data,
-                              model=private / MODEL_FILE if pkg.copies else None, manifest=pkg.manifest)
+        loaded = open_model_dir(root, None, device=device, threads=threads, files=pkg.data,
+                                model=private / MODEL_FILE if pkg.copies else None, manifest=pkg.manifest)
+        for language in loaded.instrument.languages:  # renders the template once per language, before any scoring
+            loaded.builder.suffixes(language)
+        return loaded
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
@@ -296,7 +299,15 @@ def open_model_dir(root: str | Path, instrument: Instrument | None = None, max_l
         cfg = _scoring_config(manifest or {}, root)
         max_length, reserve, prompt_date = (max_length or cfg[0], reserve or cfg[1], prompt_date or cfg[2])
     builder = PromptBuilder(tokenizer, instrument, max_length, reserve, prompt_date)
-    lm = OnnxLM(files[MODEL_FILE] if MODEL_FILE in files else (model or root / MODEL_FILE), device=device, threads=threads)
+    try:
+        lm = OnnxLM(files[MODEL_FILE] if MODEL_FILE in files else (model or root / MODEL_FILE), device=device,
+                    threads=threads)
+    except CareError:
+        raise
+    except Exception as exc:  # ONNX Runtime refuses the model file: one line, not its traceback
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        raise CareError(f"{root}: {MODEL_FILE} does not load in ONNX Runtime ({type(exc).__name__})") from None
     eos = {tokenizer.eos_token_id}
     gen = _json_of(files.get("generation_config.json"), str(root)).get("eos_token_id")
     eos |= set(gen) if isinstance(gen, list) else {gen}

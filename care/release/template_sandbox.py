@@ -47,9 +47,9 @@ def _stop(proc: subprocess.Popen) -> None:
 class SandboxedTemplate:
     """A chat template compiled in its own worker process; `render(**variables)` returns the text."""
 
-    def __init__(self, source: str, where: str = "chat template", timeout_s: float = RENDER_TIMEOUT_S):
+    def __init__(self, source: str, where: str = "chat template", timeout_s: float | None = None):
         self.where = where
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s or RENDER_TIMEOUT_S
         self._source = source
         self._proc: subprocess.Popen | None = None
         self._finalizer: Callable | None = None
