@@ -125,6 +125,8 @@ def annotations_add(
     instrument: Optional[str] = typer.Option(None, "--instrument", help="Instrument YAML or built-in name "
                                              "(default: data.instrument in the params file)."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Params file giving data.instrument."),
+    wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for a training run (or another intake) "
+                                                          "on the same data to finish; refused at once by default."),
 ) -> None:
     """Validate NEW.jsonl, append it atomically to DIR/sessions.jsonl and `dvc add DIR`; nothing changes on refusal."""
     from care.errors import InvalidData
@@ -132,7 +134,8 @@ def annotations_add(
     from care.params import load_params
 
     try:
-        res = add_annotations(new, data_dir=data, instrument=instrument or load_params(params).data.instrument)
+        res = add_annotations(new, data_dir=data, instrument=instrument or load_params(params).data.instrument,
+                              wait_s=wait)
     except InvalidData as exc:
         for problem in exc.problems:
             typer.echo(str(problem), err=True)

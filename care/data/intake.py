@@ -16,7 +16,7 @@ already in `DIR/sessions.jsonl`. Any of these refuses the whole file, with every
 Also refused before anything changes: `DIR` not tracked by a `DIR.dvc` file beside it (run `dvc add DIR`
 first), and `DIR` differing from what `DIR.dvc` records (an unrecorded edit, or an earlier add that was
 killed: `dvc checkout DIR --force` restores the recorded version; without `--force` DVC refuses to drop the
-unrecorded bytes).
+unrecorded bytes), and `DIR` in use by a training run or another intake (`care.data.lock`).
 
 Otherwise the full new file (old bytes, then one canonical JSON line per new session) is written to a
 temporary file in `DIR`, fsynced and renamed over `DIR/sessions.jsonl`, and `dvc add DIR` runs in the
@@ -31,7 +31,6 @@ Nothing here prints or records transcript or rationale text: messages carry file
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -46,6 +45,7 @@ import yaml
 
 from care.fsutil import atomic_write_bytes
 from care.errors import CareError, InvalidData, Problem, label, sort_problems
+from care.data.lock import INTAKE_WAIT_S, data_lock
 from care.data.reader import read_jsonl
 from care.data.schema import Session
 
@@ -191,22 +191,6 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _lock(tracking: Tracking) -> Iterator[None]:
-    """One `care annotations add` at a time per repository (a lock file under .dvc/tmp, which git ignores)."""
-    lock_dir = tracking.repo_root / ".dvc" / "tmp"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / "care-intake.lock", "a") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CareError("another `care annotations add` is running in this repository; nothing changed") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt while the files change, so that the rollback runs."""
     if threading.current_thread() is not threading.main_thread():
@@ -253,10 +237,12 @@ def _tail(text: str, n: int = 5) -> str:
 
 
 def add_annotations(new_path: str | Path, data_dir: str | Path = "data", instrument=None,
-                    dvc: DvcRunner = run_dvc) -> IntakeResult:
+                    dvc: DvcRunner = run_dvc, wait_s: float = INTAKE_WAIT_S) -> IntakeResult:
     """Validate `new_path`, check it against `data_dir/sessions.jsonl`, append it atomically, `dvc add`.
 
-    Raises InvalidData (every problem) or CareError (one line) when refusing; nothing is changed then.
+    Raises InvalidData (every problem) or CareError (one line) when refusing; nothing is changed then. The data
+    directory's lock (`care.data.lock`) is held exclusively from the check of the old data to the end: a
+    training run on the same data and another intake are refused (or waited for, `wait_s` seconds).
     """
     from care.data.validation import validate_file
 
@@ -272,7 +258,7 @@ def add_annotations(new_path: str | Path, data_dir: str | Path = "data", instrum
     if result.problems:
         raise InvalidData(result.problems)
 
-    with _lock(tracking):
+    with data_lock(tracking.data_dir, "care annotations add", exclusive=True, wait_s=wait_s):
         _remove_stale_temps(tracking.data_dir)
         _check_clean(tracking, dvc)
         old_bytes = sessions_path.read_bytes()
