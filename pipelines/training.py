@@ -90,6 +90,7 @@ def run_training(params: Params, outputs, release: bool = True) -> dict:
     from care.data.lock import RUN_WAIT_S, data_lock
     from care.run import outputs as files
 
+    files.check_outputs(outputs)
     if release:
         files.check_release_out(params.release.out)
     # intake (`care annotations add`) waits or is refused until the run is over: folds see one version of the data

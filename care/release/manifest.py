@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from care.errors import CareError, label
-from care.fsutil import atomic_write_json
+from care.fsutil import atomic_write_json, open_regular
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # a signature over manifest.json; never listed in it
@@ -99,17 +99,6 @@ def _not_allowed(kind: str) -> str:
     if kind == "a symbolic link":
         return "symbolic links are not allowed in a package"
     return f"{kind}: only regular files are allowed in a package"
-
-
-def open_regular(path: Path) -> int:
-    """An fd for reading `path`, which must be a regular file: no symbolic link is followed at the last
-    component and a FIFO or device never blocks (it is refused by its fstat)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise CareError(f"{path}: {_kind(st.st_mode)}, not a regular file")
-    return fd
 
 
 def read_small(path: Path, limit: int, what: str) -> bytes:

@@ -279,10 +279,13 @@ def import_esconv(paths: list[str | Path]) -> ImportResult:
 def write_import(paths: list[str | Path], out: str | Path) -> dict:
     """Import ``paths`` and write ``out/sessions.jsonl`` and ``out/import.json`` (each atomically).
 
-    Returns the report. Raises CareError when no dialog could be imported (nothing is written then).
+    Returns the report. Raises CareError when no dialog could be imported (nothing is written then). `out` must
+    be absent, empty or an earlier import (its import.json says so): checked before anything is read.
     """
-    from care.fsutil import atomic_write_json, atomic_write_lines
+    from care.fsutil import atomic_write_json, atomic_write_lines, check_output_dir
 
+    check_output_dir(out, "import.json", lambda doc: isinstance(doc, dict) and doc.get("instrument") == INSTRUMENT
+                     and str(doc.get("corpus", "")).startswith("ESConv"), "`care import esconv`")
     result = import_esconv(paths)
     report = result.report()
     if not result.sessions:
