@@ -84,7 +84,8 @@ def validate(
     from care.data.validation import validate_file
     from care.params import load_params
 
-    result = validate_file(path, instrument=instrument or load_params(params).data.instrument, report_path=report)
+    data = load_params(params).data
+    result = validate_file(path, instrument=instrument or data.instrument, report_path=report, limits=data.limits)
     for problem in result.problems:
         typer.echo(str(problem), err=True)
     if result.problems:
@@ -134,8 +135,9 @@ def annotations_add(
     from care.params import load_params
 
     try:
-        res = add_annotations(new, data_dir=data, instrument=instrument or load_params(params).data.instrument,
-                              wait_s=wait)
+        data_params = load_params(params).data
+        res = add_annotations(new, data_dir=data, instrument=instrument or data_params.instrument, wait_s=wait,
+                              limits=data_params.limits)
     except InvalidData as exc:
         for problem in exc.problems:
             typer.echo(str(problem), err=True)

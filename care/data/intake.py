@@ -237,7 +237,7 @@ def _tail(text: str, n: int = 5) -> str:
 
 
 def add_annotations(new_path: str | Path, data_dir: str | Path = "data", instrument=None,
-                    dvc: DvcRunner = run_dvc, wait_s: float = INTAKE_WAIT_S) -> IntakeResult:
+                    dvc: DvcRunner = run_dvc, wait_s: float = INTAKE_WAIT_S, limits=None) -> IntakeResult:
     """Validate `new_path`, check it against `data_dir/sessions.jsonl`, append it atomically, `dvc add`.
 
     Raises InvalidData (every problem) or CareError (one line) when refusing; nothing is changed then. The data
@@ -254,7 +254,10 @@ def add_annotations(new_path: str | Path, data_dir: str | Path = "data", instrum
     if Path(new_path).absolute() == sessions_path:
         raise CareError(f"{new_file} is the data file itself; nothing changed")
 
-    result = validate_file(new_path, instrument=instrument)
+    from care.data.validation import _instrument
+
+    instrument = _instrument(instrument)
+    result = validate_file(new_path, instrument=instrument, limits=limits)
     if result.problems:
         raise InvalidData(result.problems)
 
@@ -263,7 +266,7 @@ def add_annotations(new_path: str | Path, data_dir: str | Path = "data", instrum
         _check_clean(tracking, dvc)
         old_bytes = sessions_path.read_bytes()
         old_dvc = tracking.dvc_file.read_bytes()
-        existing = read_jsonl(sessions_path)
+        existing = read_jsonl(sessions_path, limits, instrument.item_ids)
         if existing.problems:
             raise CareError(f"{sessions_path} has {len(existing.problems)} problem(s) of its own "
                             f"(see `care validate {sessions_path}`); nothing changed")
