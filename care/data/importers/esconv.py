@@ -126,10 +126,12 @@ class ImportResult:
 
 def _records(path: Path) -> tuple[str, list[Any]]:
     """(format name, records) of one corpus file; CareError for a file that is neither format."""
+    from care.data.reader import read_limited
+
     if not path.is_file():
         raise CareError(f"{path}: no such file")
     try:
-        text = path.read_text("utf-8")
+        text = read_limited(path).decode("utf-8")  # refused from its size first (data.limits defaults)
     except UnicodeDecodeError:
         raise CareError(f"{path}: not UTF-8") from None
     text = text.lstrip("\ufeff")
