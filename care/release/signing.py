@@ -46,12 +46,24 @@ def configured_key() -> Path | None:
     return path
 
 
+def _read_key(path: Path, what: str) -> bytes:
+    """A key file's bytes (symbolic links followed: secrets are often mounted as links), at most 64 KiB."""
+    try:
+        if not path.is_file():
+            raise CareError(f"{path}: no {what} file")
+        if path.stat().st_size > MAX_KEY_BYTES:
+            raise CareError(f"{path}: too large for a {what}")
+        return path.read_bytes()
+    except OSError as exc:
+        raise CareError(f"{path}: cannot read the {what} ({exc.strerror or type(exc).__name__})") from None
+
+
 def sign_package(root: str | Path, private_key: str | Path, password: str | None = None) -> Path:
     """Write `root/manifest.sig`, a signature over `root/manifest.json` with `private_key` (PEM, EC)."""
     signing, _ = _model_signing()
     root = Path(root)
     manifest = read_small(root / MANIFEST, 64 << 20, "manifest")
-    key = read_small(Path(private_key), MAX_KEY_BYTES, "signing key")
+    key = _read_key(Path(private_key), "signing key")
     with tempfile.TemporaryDirectory(prefix="care-sign-") as tmp:
         (Path(tmp) / MANIFEST).write_bytes(manifest)
         (Path(tmp) / "key.pem").write_bytes(key)
@@ -78,7 +90,7 @@ def verify_signature(manifest_bytes: bytes, signature: bytes | None, public_key:
     """Raise CareError unless `signature` is a valid signature of exactly `manifest_bytes` by `public_key`."""
     _, verifying = _model_signing()
     try:
-        key = read_small(Path(public_key), MAX_KEY_BYTES, "trusted key")
+        key = _read_key(Path(public_key), "trusted key")
     except CareError as exc:
         raise UsageError(f"--trusted-key: {exc}") from None
     if signature is None:
