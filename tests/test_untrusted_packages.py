@@ -289,3 +289,20 @@ def test_a_malformed_signature_is_refused_in_one_line(pkg, run_cli, inputs, tmp_
                    "does not verify")
     result = run_cli("score", "--model", pkg, inputs, "--out", out, "--trusted-key", pkg / "README.md")
     assert result.exit_code == 2 and "not an elliptic-curve public key" in result.output
+
+
+def test_pull_never_opens_a_fifo_in_the_store(zenml_store, rel, run_cli, tmp_path):
+    from test_registry import _stored_dir
+    from zenml_registry.client import register_package
+
+    src = tmp_path / "src"
+    shutil.copytree(rel["package"], src)
+    _remanifest(src, data_version="fifo-in-store")
+    version = register_package(src, "care-fifo")
+    stored = _stored_dir(zenml_store.client, "care-fifo", version)
+    (stored / "README.md").unlink()
+    os.mkfifo(stored / "README.md")  # copying it would block forever
+    dest = tmp_path / "pulled" / "pkg"
+    result = run_cli("models", "pull", "--version", str(version), "--out", dest, "--model-name", "care-fifo")
+    assert result.exit_code == 1 and "README.md in the stored package is not a regular file" in result.output
+    assert not dest.exists()

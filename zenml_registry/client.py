@@ -30,6 +30,7 @@ import json
 import os
 import posixpath
 import random
+import stat
 import time
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -442,6 +443,12 @@ def _package_location(client: Client, mv, model_name: str):
     return av
 
 
+def _refuse_odd(src: str, rel: str, number) -> None:
+    """On a local artifact store, refuse a stored entry that is not a regular file (a FIFO would block the copy)."""
+    if "://" not in src and not stat.S_ISREG(os.lstat(src).st_mode):
+        raise CareError(f"version {number}: {label(rel)} in the stored package is not a regular file")
+
+
 def pull_package(out: str | Path, model_name: str, version: str | int | None = None,
                  stage: str | None = None, trusted_key: str | Path | None = None) -> dict[str, Any]:
     """Copy a version's package to `out`, verified; nothing is left at `out` (or beside it) on failure.
@@ -467,6 +474,7 @@ def pull_package(out: str | Path, model_name: str, version: str | int | None = N
             marker = _join(uri, MANIFEST)
             if not fileio.exists(marker):
                 raise CareError(f"version {mv.number}: {MANIFEST} missing from the stored package")
+            _refuse_odd(marker, MANIFEST, mv.number)
             fileio.copy(marker, str(tmp / MANIFEST), overwrite=True)
             if hashlib.sha256((tmp / MANIFEST).read_bytes()).hexdigest() != expected_sha:
                 raise CareError(f"version {mv.number}: stored {MANIFEST} does not match the registered sha256")
@@ -474,6 +482,7 @@ def pull_package(out: str | Path, model_name: str, version: str | int | None = N
             manifest = json.loads(manifest_bytes.decode("utf-8"))
             stored = _stored_files(uri)
             if SIGNATURE in stored:
+                _refuse_odd(_join(uri, SIGNATURE), SIGNATURE, mv.number)
                 fileio.copy(_join(uri, SIGNATURE), str(tmp / SIGNATURE), overwrite=True)
             if trusted_key is not None:
                 from care.release.signing import verify_signature
@@ -490,6 +499,7 @@ def pull_package(out: str | Path, model_name: str, version: str | int | None = N
                 if not fileio.exists(src):
                     missing.append(rel)
                     continue
+                _refuse_odd(src, rel, mv.number)
                 dst = tmp.joinpath(*rel.split("/"))
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 fileio.copy(src, str(dst), overwrite=True)
