@@ -13,7 +13,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from care.errors import CareError
 
@@ -53,6 +53,50 @@ def refuse_non_regular(path: Path) -> None:
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a symbolic link" if stat.S_ISLNK(st.st_mode) else \
             "not a regular file"
         raise CareError(f"{path}: cannot write: it exists and is {kind}; refusing to replace it with an output file")
+
+
+def open_regular(path: str | Path) -> int:
+    """An fd for reading `path`, which must be a regular file: a symbolic link at the last component is not
+    followed and a FIFO or device never blocks (it is refused after opening, by its fstat)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise CareError(f"{path}: not a regular file")
+    return fd
+
+
+def _marker(path: Path, limit: int = 16 << 20) -> Any:
+    """The JSON document in a regular file of at most `limit` bytes, or None (absent, odd, unreadable, not JSON)."""
+    try:
+        with os.fdopen(open_regular(path), "rb") as fh:
+            data = fh.read(limit + 1)
+        return json.loads(data.decode("utf-8")) if len(data) <= limit else None
+    except (OSError, CareError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def ours_or_empty(out: str | Path, marker: str, recognise: Callable[[Any], bool]) -> bool:
+    """`out` is absent, an empty directory, or a directory holding `marker`, a JSON file this tool wrote
+    (`recognise(document)` says so). A symbolic link, a file or any other directory is not."""
+    out = Path(out)
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        return True
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    with os.scandir(out) as it:
+        if next(it, None) is None:
+            return True
+    return bool(recognise(_marker(out / marker)))
+
+
+def check_output_dir(out: str | Path, marker: str, recognise: Callable[[Any], bool], writer: str) -> None:
+    """Refuse, before any work, an output directory that holds something `writer` did not write."""
+    if not ours_or_empty(out, marker, recognise):
+        raise CareError(f"{out}: exists and is not a directory that {writer} wrote (no {marker} of its own); "
+                        "refusing to write into it: choose another --out, or move it away")
 
 
 def _atomic_write_bytes(path: Path, data: bytes, mode: int, tmp_prefix: str | None) -> Path:

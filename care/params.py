@@ -27,10 +27,31 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class DataLimits(_Section):
+    """Input size limits (care.data.reader), checked before parsing or validating, so a hostile file fails in
+    seconds: the file's size before it is read, each line's length before JSON parsing, the rest before schema
+    and Great Expectations validation."""
+
+    max_file_mb: Positive = 1024  # one annotation file (MiB)
+    max_line_kb: Positive = 8192  # one JSONL line, i.e. one session (KiB)
+    max_text_chars: Count = 1_000_000  # one utterance, context or rationale (characters)
+    max_turns: Count = 20_000  # turns of one session
+    max_keys: Count = 1_000  # keys of one ratings or rationales mapping
+
+    @property
+    def file_bytes(self) -> int:
+        return int(self.max_file_mb * (1 << 20))
+
+    @property
+    def line_bytes(self) -> int:
+        return int(self.max_line_kb * (1 << 10))
+
+
 class DataParams(_Section):
     path: str = "data/sessions.jsonl"
     instrument: str = "wai-sr"
     limit: Count | None = None  # keep the first N sessions (CI-sized runs)
+    limits: DataLimits = DataLimits()
 
 
 class BaseCorpusParams(_Section):

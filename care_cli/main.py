@@ -86,7 +86,8 @@ def validate(
     from care.data.validation import validate_file
     from care.params import load_params
 
-    result = validate_file(path, instrument=instrument or load_params(params).data.instrument, report_path=report)
+    data = load_params(params).data
+    result = validate_file(path, instrument=instrument or data.instrument, report_path=report, limits=data.limits)
     for problem in result.problems:
         typer.echo(str(problem), err=True)
     if result.problems:
@@ -187,6 +188,8 @@ def annotations_add(
     instrument: Optional[str] = typer.Option(None, "--instrument", help="Instrument YAML or built-in name "
                                              "(default: data.instrument in the params file)."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="Params file giving data.instrument."),
+    wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for a training run (or another intake) "
+                                                          "on the same data to finish; refused at once by default."),
 ) -> None:
     """Validate NEW.jsonl, append it atomically to DIR/sessions.jsonl and `dvc add DIR`; nothing changes on refusal."""
     from care.errors import InvalidData
@@ -194,7 +197,9 @@ def annotations_add(
     from care.params import load_params
 
     try:
-        res = add_annotations(new, data_dir=data, instrument=instrument or load_params(params).data.instrument)
+        data_params = load_params(params).data
+        res = add_annotations(new, data_dir=data, instrument=instrument or data_params.instrument, wait_s=wait,
+                              limits=data_params.limits)
     except InvalidData as exc:
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
@@ -233,18 +238,22 @@ def models_list(
     """List versions: version, stage, created, gate, key metrics (mean Pearson / MSE), data version."""
     import json
 
+    from care.registry.promotion import several_holders_message, stage_conflicts
+
     registry, name = _registry(params, model_name)
     rows = registry.list_versions(name)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
-        return
-    cols = ["version", "stage", "created", "gate_passed", "key_metrics", "data_version"]
-    cells = [[("-" if r.get(c) is None else str(r[c])) for c in cols] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
-    typer.echo(f"model {name}: {len(rows)} version(s)")
-    typer.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
-    for row in cells:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    else:
+        cols = ["version", "stage", "created", "gate_passed", "key_metrics", "data_version"]
+        cells = [[("-" if r.get(c) is None else str(r[c])) for c in cols] for r in rows]
+        widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+        typer.echo(f"model {name}: {len(rows)} version(s)")
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+        for row in cells:
+            typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    for stage, versions in stage_conflicts(rows).items():  # listed in full above; the state is refused
+        raise CareError(several_holders_message(name, stage, versions))
 
 
 @models_app.command("show")
@@ -292,13 +301,16 @@ def models_pull(
     out: Path = typer.Option(..., "--out", help="Directory to create (must not exist or be empty)."),
     stage: Optional[str] = typer.Option(None, "--stage", help="staging or production."),
     version: Optional[str] = typer.Option(None, "--version", help="Version number."),
+    trusted_key: Optional[Path] = typer.Option(None, "--trusted-key", help="PEM public key: refuse a package whose "
+                                               "manifest is not signed by it."),
     model_name: Optional[str] = _MODEL_NAME_OPT,
     params: Path = _PARAMS_OPT,
 ) -> None:
     """Copy a version's release package to DIR, verifying every sha256; nothing is left at DIR on failure."""
     registry, name = _registry(params, model_name)
-    info = registry.pull_package(out, name, version=version, stage=stage)
-    typer.echo(f"pulled {name} version {info['version']} to {info['out']} (verified)")
+    info = registry.pull_package(out, name, version=version, stage=stage, trusted_key=trusted_key)
+    typer.echo(f"pulled {name} version {info['version']} to {info['out']} (verified"
+               + (", signed by the trusted key)" if trusted_key else ")"))
 
 
 @app.command()
@@ -315,6 +327,8 @@ def score(
         None, "--grounded-quotes/--free-quotes",
         help="Rationales' quotations constrained to verbatim transcript spans (default: as the package was "
              "released, eval.grounded_quotes)."),
+    trusted_key: Optional[Path] = typer.Option(None, "--trusted-key", help="PEM public key: refuse a package whose "
+                                               "manifest is not signed by it (see SECURITY.md, signed releases)."),
 ) -> None:
     """Score sessions with a release package on ONNX Runtime (no PyTorch): one JSON line per session.
 
@@ -332,7 +346,7 @@ def score(
     if out is not None and out.is_dir():  # refused before any work; other write errors come from care.fsutil
         raise UsageError(f"--out {out}: is a directory, expected a file path")
 
-    pkg = load_package(model, device=device)
+    pkg = load_package(model, device=device, trusted_key=trusted_key)
     calibration = load_calibration(pkg.root, pkg.manifest, pkg.instrument)
     if grounded_quotes is None:
         grounded_quotes = bool((pkg.manifest.get("scoring") or {}).get("grounded_quotes", True))
@@ -400,9 +414,11 @@ def train(
 
     params = load_params(params_file, overrides or [])
     if release:  # refused before ZenML or any training starts
+        from care.release.signing import configured_key
         from care.run.outputs import check_release_out
 
         check_release_out(params.release.out)
+        configured_key()  # CARE_SIGNING_KEY, when set, must name a key file
     from pipelines.training import run_training
 
     result = run_training(params, Outputs.at(metrics_dir, plots_dir), release=release)

@@ -87,14 +87,22 @@ def run_training(params: Params, outputs, release: bool = True) -> dict:
     "interrupted" (Ctrl-C or SIGTERM), "warnings" (care.evaluation.diagnostics)}. A failed step (the final fit
     refuses a failed gate) is reported through the status, never swallowed.
     """
+    from care.data.lock import RUN_WAIT_S, data_lock
+    from care.run import outputs as files
+
+    files.check_outputs(outputs)
+    if release:
+        files.check_release_out(params.release.out)
+    # intake (`care annotations add`) waits or is refused until the run is over: folds see one version of the data
+    with data_lock(params.data.path, "care train", exclusive=False, wait_s=RUN_WAIT_S):
+        return _run_locked(params, outputs, release, files)
+
+
+def _run_locked(params: Params, outputs, release: bool, files) -> dict:
     from pathlib import Path
 
     from zenml.client import Client
 
-    from care.run import outputs as files
-
-    if release:
-        files.check_release_out(params.release.out)
     for stale in ("gate.json", "cv.json", "cv_detail.json"):
         (Path(outputs.metrics) / stale).unlink(missing_ok=True)
     configured = care_pipeline.with_options(run_name="care-{date}-{time}")

@@ -16,7 +16,7 @@ PACKAGE = Path(care.__file__).resolve().parent
 KEY = ("from care.model.base_build import build_digest; from care.params import Params; "
        "from care.run.fits import fit_key; from care.run.artifacts import ModelDir; "
        "from care.run.data import DataRef; "
-       "d = DataRef(path='x', sha256='0', limit=None, instrument='wai-sr', instrument_sha256='1', prompts_sha256='2', n_sessions=1, "
+       "d = DataRef(path='x', sha256='0', limit=None, instrument='wai-sr', instrument_sha256='1', prompts_sha256='2', n_bytes=1, n_sessions=1, "
        "n_clients=1, n_with_counselor_ratings=0, n_with_rationales=0, languages=['zh']); "
        "print(build_digest(Params()), fit_key(d, Params().fit, ['s1'], ModelDir('b', 'b')))")
 

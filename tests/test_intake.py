@@ -273,3 +273,64 @@ def test_stale_temp_file_of_a_killed_add_is_removed(repo, run_cli, write_jsonl, 
     assert result.exit_code == 0, result.output
     assert not stale.exists()
     assert json.loads(_dvc(repo, "status", "--json").stdout or "{}") == {}
+
+
+# ------------------------------------------------------------------------- runs and intake exclude each other
+
+HOLD = """
+import sys, time
+from care.data.lock import data_lock
+with data_lock(sys.argv[1], sys.argv[2], exclusive=sys.argv[3] == "exclusive", wait_s=0):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[4]))
+"""
+
+
+def _holder(path: Path, command: str, mode: str, seconds: float) -> subprocess.Popen:
+    """Another process holding the data lock as `command` (a run holds it shared, intake exclusively)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), command, mode, str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_intake_is_refused_while_a_run_reads_the_data_and_proceeds_once_it_is_gone(repo, write_jsonl, tmp_path):
+    from care.errors import CareError
+
+    new = write_jsonl(tmp_path / "new.jsonl", _new_rows(2))
+    run = _holder(repo / "data" / "sessions.jsonl", "care train", "shared", 120)
+    try:
+        before = _snapshot(repo)
+        with pytest.raises(CareError) as exc:
+            add_annotations(new, repo / "data")
+        assert f"in use by `care train` (pid {run.pid}" in str(exc.value) and "nothing changed" in str(exc.value)
+        assert _snapshot(repo) == before
+    finally:
+        run.kill()  # a crash: the operating system releases the lock
+        run.wait()
+    assert add_annotations(new, repo / "data").n_added == 2
+
+
+def test_intake_can_wait_for_a_run_to_finish(repo, write_jsonl, tmp_path):
+    import time
+
+    new = write_jsonl(tmp_path / "new.jsonl", _new_rows(2))
+    run = _holder(repo / "data", "care train", "shared", 1.5)
+    started = time.monotonic()
+    assert add_annotations(new, repo / "data", wait_s=60).n_added == 2
+    assert time.monotonic() - started >= 0.5 and run.wait(timeout=30) == 0
+
+
+def test_a_run_waits_for_intake_then_refuses_naming_it(repo, run_cli, tmp_path, monkeypatch):
+    import care.data.lock as lock
+
+    monkeypatch.setattr(lock, "RUN_WAIT_S", 0.5)
+    intake = _holder(repo / "data", "care annotations add", "exclusive", 120)
+    try:
+        result = run_cli("train", "--params", "params.ci.yaml", "--no-release", "--set",
+                         f"data.path={repo / 'data' / 'sessions.jsonl'}", "--metrics-dir", tmp_path / "m")
+    finally:
+        intake.kill()
+        intake.wait()
+    assert result.exit_code == 1 and "in use by `care annotations add`" in result.output, result.output
+    assert "after waiting 0.5 s" in result.output and not (tmp_path / "m").exists()

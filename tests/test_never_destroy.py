@@ -75,3 +75,46 @@ def test_train_refuses_a_release_out_that_is_not_ours_before_any_work(run_cli, t
                      "--metrics-dir", str(tmp_path / "m"))
     assert result.exit_code == 1 and "refusing to replace it" in result.output
     assert (mine / "notes.txt").read_text("utf-8") == "keep me" and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("command", [["synth", "--sessions", "5"], ["import", "esconv", "absent-input.json"]])
+def test_out_directories_must_be_absent_empty_or_written_by_the_same_command(run_cli, tmp_path, command):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "sessions.jsonl").write_text("my own annotations\n", "utf-8")
+    result = run_cli(*command, "--out", mine)
+    assert result.exit_code == 1 and "refusing to write into it" in result.output and "Traceback" not in result.output
+    assert (mine / "sessions.jsonl").read_text("utf-8") == "my own annotations\n"  # checked before any input is read
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert run_cli(*command, "--out", fifo).exit_code == 1 and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_synth_rewrites_its_own_corpus_but_never_a_fifo_inside_it(run_cli, tmp_path):
+    out = tmp_path / "corpus"
+    assert run_cli("synth", "--sessions", "5", "--out", out).exit_code == 0
+    assert run_cli("synth", "--sessions", "6", "--out", out).exit_code == 0  # its own card.json: replaced
+    assert len((out / "sessions.jsonl").read_text("utf-8").splitlines()) == 6
+    (out / "sessions.jsonl").unlink()
+    os.mkfifo(out / "sessions.jsonl")
+    result = run_cli("synth", "--sessions", "5", "--out", out)
+    assert result.exit_code == 1 and "not a regular file" in result.output
+    assert stat.S_ISFIFO(os.lstat(out / "sessions.jsonl").st_mode)
+
+
+def test_run_outputs_are_checked_before_the_run(tmp_path):
+    from care.run.outputs import Outputs, check_outputs
+
+    out = Outputs.at(tmp_path / "metrics", tmp_path / "plots")
+    check_outputs(out)  # absent: fine
+    (tmp_path / "plots" / "dimensions").mkdir(parents=True)
+    (tmp_path / "plots" / "dimensions" / "goal.json").write_text("[]", "utf-8")
+    check_outputs(out)  # plot data this tool writes: replaceable
+    (tmp_path / "plots" / "dimensions" / "notes.txt").write_text("keep me", "utf-8")
+    with pytest.raises(CareError, match="more than the plot data"):
+        check_outputs(out)
+    (tmp_path / "plots" / "dimensions" / "notes.txt").unlink()
+    (tmp_path / "metrics").mkdir()
+    os.mkfifo(tmp_path / "metrics" / "cv.json")
+    with pytest.raises(CareError, match="not a regular file"):
+        check_outputs(out)

@@ -32,19 +32,22 @@ def test_schema_errors_name_line_session_and_field(tmp_path, make_session, write
         make_session(session_id="s6", counselor_ratings={"1": 2.5}),
         make_session(session_id="s7", client_ratings={"1": True}),
     ]
-    parsed = read_jsonl(write_jsonl(tmp_path, rows))
+    parsed = read_jsonl(write_jsonl(tmp_path, rows), known_keys=[str(i) for i in range(1, 13)])
     assert [s.session_id for s in parsed.sessions] == ["ok"]
     got = {(p.line, p.session_id, p.field) for p in parsed.problems}
     assert got == {
         (2, "s2", "client_ratings.7"),
         (3, "s3", "turns[1].text"),
-        (4, "s4", "mood"),
+        (4, "s4", "key#9"),  # an unknown field is named by its position, never by its (input) name
         (5, "s5", "language"),
         (6, "s6", "counselor_ratings.1"),
         (7, "s7", "client_ratings.1"),
     }
-    assert next(p for p in parsed.problems if p.line == 4).message == "unknown field"
+    assert next(p for p in parsed.problems if p.line == 4).message == "unknown field (its name is not shown)"
     assert str(parsed.problems[0]).startswith(f"{tmp_path / 'sessions.jsonl'}:2 session=s2 field=client_ratings.7: ")
+    # without the instrument's item ids, rating keys are positions too
+    unknown = {p.field for p in read_jsonl(write_jsonl(tmp_path, rows)).problems if p.line in (2, 6)}
+    assert unknown == {"client_ratings.key#7", "counselor_ratings.key#1"}
 
 
 def test_problem_messages_never_quote_the_input(tmp_path, make_session, write_jsonl):

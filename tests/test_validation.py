@@ -38,7 +38,7 @@ BAD_CASES = {
     "client ratings empty": (dict(client_ratings={}),
                              {(f"client_ratings.{i}", "item not rated") for i in WAI_ITEMS}),
     "client extra key": (dict(client_ratings={**RATINGS, "13": 3}),
-                         {("client_ratings.13", "not an item of the instrument")}),
+                         {("client_ratings.key#13", "not an item of the instrument")}),
     "client rating too high": (dict(client_ratings={**RATINGS, "4": 6}),
                                {("client_ratings.4", "rating outside the scale 1-5")}),
     "client rating zero": (dict(client_ratings={**RATINGS, "12": 0}),
@@ -52,13 +52,13 @@ BAD_CASES = {
     "counselor item missing": (dict(counselor_ratings=_without(RATINGS, "3")),
                                {("counselor_ratings.3", "item not rated")}),
     "counselor extra key": (dict(counselor_ratings={**RATINGS, "x": 1}),
-                            {("counselor_ratings.x", "not an item of the instrument")}),
+                            {("counselor_ratings.key#13", "not an item of the instrument")}),
     "rationale missing": (dict(rationales=_without(session_dict()["rationales"], "4")),
                           {("rationales.4", "no rationale for this item")}),
     "rationale blank": (dict(rationales={**session_dict()["rationales"], "5": " \n "}),
                         {("rationales.5", "empty rationale")}),
     "rationale extra": (dict(rationales={**session_dict()["rationales"], "0": "x"}),
-                        {("rationales.0", "not an item of the instrument")}),
+                        {("rationales.key#13", "not an item of the instrument")}),
     "no turns": (dict(turns=[]), {("turns", "no turns")}),
     "turns absent": (dict(turns=DROP), {("turns", "no turns")}),
     "bad speaker": (dict(turns=[{"speaker": "counselor", "text": "a"}, {"speaker": "client", "text": "b"},
@@ -69,7 +69,7 @@ BAD_CASES = {
     "blank text": (dict(turns=[{"speaker": "counselor", "text": "a"}, {"speaker": "client", "text": " \t"}]),
                    {("turns[1].text", "empty text")}),
     "unknown language": (dict(language="fr"), {("language", "unknown language (the instrument has: zh, en)")}),
-    "unknown field": (dict(mood="ok"), {("mood", "unknown field")}),
+    "unknown field": (dict(mood="ok"), {("key#9", "unknown field (its name is not shown)")}),
 }
 
 
@@ -295,8 +295,8 @@ def test_custom_instrument_defines_items_scale_and_languages(tmp_path, write_jso
     path = write_jsonl(tmp_path, rows)
     problems = validate_file(path, instrument=inst_file).problems
     assert [(p.line, p.field, p.message) for p in problems] == [
-        (2, "client_ratings.7", "not an item of the instrument"),
         (2, "client_ratings.empathy", "rating outside the scale 1-3"),
+        (2, "client_ratings.key#2", "not an item of the instrument"),  # an unknown key: by position
         (2, "client_ratings.relevance", "item not rated"),
         (2, "language", "unknown language (the instrument has: en)"),
     ]
@@ -334,5 +334,5 @@ def test_odd_ids_and_keys_stay_on_one_line(tmp_path, write_jsonl):
     assert len(problems) == 3
     assert all("\n" not in str(p) for p in problems)
     assert problems[0].session_id == "a?b" + "x" * 77 + "..."
-    assert problems[1].field == "client_ratings.k?ey"
+    assert problems[1].field == "client_ratings.key#13"  # an unknown key is never echoed
     assert problems[2].field == "counselor_ratings.7"

@@ -24,12 +24,17 @@ fileio into a temporary directory beside the target, every sha256 in the manifes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import posixpath
+import random
+import stat
+import time
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 
@@ -39,11 +44,14 @@ from zenml.io import fileio  # noqa: E402
 
 from care.errors import CareError, UsageError, label  # noqa: E402
 from care.fsutil import atomic_dir  # noqa: E402
-from care.release.manifest import MANIFEST, read_manifest, verify_package  # noqa: E402
-from care.registry.promotion import STAGES, Decision, decide_promotion, key_metrics, registry_metadata  # noqa: E402
+from care.release.manifest import MANIFEST, SIGNATURE, read_manifest, verify_package  # noqa: E402
+from care.registry.promotion import (  # noqa: E402
+    STAGES, Decision, decide_promotion, key_metrics, registry_metadata, several_holders_message, stage_conflicts)
 
 PACKAGES_DIR = "care-packages"
 _COPY_CHUNK = 1 << 22
+LOCK_WAIT_S = 60.0  # how long a promotion waits for another one to finish
+LOCK_STALE_S = 300.0  # a promotion lock older than this was left by a crashed promotion and is taken over
 
 
 def package_artifact_name(model_name: str) -> str:
@@ -126,14 +134,17 @@ def _resolve_version(client: Client, model_name: str, version: str | int | None 
             raise UsageError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
         if stage == "archived":
             raise UsageError("several versions can be archived: name the version instead")
-        key: Any = ModelStages(stage)
-    else:
-        key = int(version) if str(version).isdigit() else str(version)
+        holders = _holders(client, model_name, stage)  # listed, never ZenML's by-stage lookup (it fails on two)
+        if len(holders) > 1:
+            raise _several(model_name, stage, holders)
+        if not holders:
+            raise CareError(f"model {model_name!r} has no stage {stage}")
+        return client.get_model_version(model_name, holders[0].id)
+    key = int(version) if str(version).isdigit() else str(version)
     try:
         return client.get_model_version(model_name, key)
     except KeyError:
-        what = f"stage {stage}" if stage else f"version {version}"
-        raise CareError(f"model {model_name!r} has no {what}") from None
+        raise CareError(f"model {model_name!r} has no version {version}") from None
 
 
 def _context_model_version(model_name: str):
@@ -170,13 +181,18 @@ def store_package(package_dir: str | Path) -> tuple[str, str]:
     store = Client().active_stack.artifact_store
     uri = _join(store.path, f"{PACKAGES_DIR}/{sha}")
     marker = _join(uri, MANIFEST)
+    signed = (package_dir / SIGNATURE).is_file()
     if fileio.exists(marker):
         with fileio.open(marker, "rb") as fh:
             if hashlib.sha256(fh.read()).hexdigest() == sha:
+                if signed and not fileio.exists(_join(uri, SIGNATURE)):  # stored unsigned before: add the signature
+                    _copy_to_store(package_dir / SIGNATURE, _join(uri, SIGNATURE))
                 return uri, sha  # already stored: nothing is copied again
     # Manifest last: its presence marks a complete copy (works on object stores without rename).
     for rel in sorted(manifest["files"]):
         _copy_to_store(package_dir / _safe_rel(rel), _join(uri, rel))
+    if signed:
+        _copy_to_store(package_dir / SIGNATURE, _join(uri, SIGNATURE))
     _copy_to_store(package_dir / MANIFEST, marker)
     return uri, sha
 
@@ -248,34 +264,123 @@ def version_metadata(mv) -> dict[str, Any]:
     return dict(mv.run_metadata or {})  # hydrates the response when needed
 
 
-def _holder(client: Client, model_name: str, stage: str):
-    page = client.list_model_versions(model=model_name, stage=stage, size=10)
-    if len(page.items) > 1:  # cannot happen through ZenML's stage update; say so if it ever does
-        raise CareError(f"model {model_name!r} has {len(page.items)} versions in {stage}")
-    return page.items[0] if page.items else None
+def _holders(client: Client, model_name: str, stage: str) -> list:
+    """Every version in `stage` (more than one only in a store damaged by a race or by another tool)."""
+    return list(client.list_model_versions(model=model_name, stage=stage, size=50).items)
+
+
+def _several(model_name: str, stage: str, holders: list) -> CareError:
+    return CareError(several_holders_message(model_name, stage, sorted(int(h.number) for h in holders)))
+
+
+def _age_s(created: datetime | None) -> float:
+    if created is None:
+        return 0.0
+    if created.tzinfo is None:  # ZenML stores UTC without a zone
+        created = created.replace(tzinfo=timezone.utc)
+    return (datetime.now(timezone.utc) - created).total_seconds()
+
+
+def _lock_name(model_name: str) -> str:
+    return f"care-promotion-lock-{hashlib.sha256(model_name.encode()).hexdigest()[:32]}"
+
+
+@contextlib.contextmanager
+def promotion_lock(client: Client, model_name: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the registry's promotion lock of `model_name` (waiting up to `wait_s` seconds for another holder).
+
+    The lock is a ZenML tag with a name unique to the model: creating it is an atomic compare-and-set in the
+    store's database (a unique constraint), so it works the same on a local store and on a ZenML server. It is
+    deleted by its id on exit; one older than LOCK_STALE_S (a crashed promotion) is deleted by id and retaken.
+    """
+    from zenml.exceptions import EntityExistsError
+
+    name = _lock_name(model_name)
+    deadline = time.monotonic() + wait_s
+    pause = 0.05
+    while True:
+        try:
+            lock = client.create_tag(name=name)
+            break
+        except EntityExistsError:
+            try:
+                held = client.get_tag(name, allow_name_prefix_match=False)
+            except KeyError:  # released between the two calls
+                continue
+            age = _age_s(held.created)
+            if age > LOCK_STALE_S:
+                with contextlib.suppress(KeyError):
+                    client.delete_tag(held.id)  # by id: a lock retaken meanwhile is never deleted
+                continue
+            if time.monotonic() >= deadline:
+                raise CareError(f"model {model_name!r}: another promotion holds the registry's promotion lock (taken "
+                                f"{age:.0f} s ago) and did not finish within {wait_s:.0f} s; nothing changed. Try again; "
+                                f"a lock left by a crashed promotion is taken over {LOCK_STALE_S:.0f} s after it was "
+                                "taken") from None
+            time.sleep(pause * (1 + random.random()))
+            pause = min(pause * 2, 1.0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(KeyError):
+            client.delete_tag(lock.id)
+
+
+def _stage_of(mv) -> str | None:
+    stage = mv.stage.value if hasattr(mv.stage, "value") else mv.stage
+    return None if stage in (None, "none") else str(stage)
+
+
+def _set_stage(client: Client, mv, stage: str | None) -> None:
+    client.update_model_version(model_name_or_id=mv.model.id, version_name_or_id=mv.id,
+                                 stage=ModelStages(stage or "none"), force=True)
 
 
 def promote(version: str | int, stage: str, model_name: str, force: bool = False) -> Decision:
     """Move a version to `stage` when the rules in care.registry.promotion allow; raise CareError otherwise.
 
-    The refusal's Decision (with the comparison table) is attached to the error as `.decision`.
-    The previous holder of the stage is archived in the same store transaction (ZenML `force=True`).
+    Check and move happen under the model's promotion lock (`promotion_lock`), so two promotions started
+    together are decided one after the other, each against the holder the other left. After the move the
+    stage must hold exactly this version; if a writer that ignores the lock changed it meanwhile, the move is
+    rolled back and refused. A store that already has several holders of the stage is refused unless
+    `force`, which keeps this version and archives the others (the repair). The refusal's Decision (with the
+    comparison table) is attached to the error as `.decision`.
     """
     client = Client()
-    mv = _resolve_version(client, model_name, version=version)
-    cand = version_metadata(mv)
-    current = _holder(client, model_name, stage) if stage in ("staging", "production") else None
-    if current is not None and current.id == mv.id:
-        return Decision(True, f"version {mv.number} already holds {stage}")
-    decision = decide_promotion(
-        cand, stage, version_metadata(current) if current is not None else None, force=force,
-        candidate_label=_version_label(mv), current_label=_version_label(current) if current is not None else None)
-    if not decision.allowed:
-        err = CareError(decision.reason)
-        err.decision = decision  # type: ignore[attr-defined]
-        raise err
-    client.update_model_version(model_name_or_id=mv.model.id, version_name_or_id=mv.id,
-                                 stage=ModelStages(stage), force=True)
+    _resolve_version(client, model_name, version=version)
+    with promotion_lock(client, model_name):
+        mv = _resolve_version(client, model_name, version=version)  # fresh: another promotion may have moved it
+        before = _stage_of(mv)
+        holders = _holders(client, model_name, stage) if stage in ("staging", "production") else []
+        others = [h for h in holders if h.id != mv.id]
+        if len(holders) > 1 and not force:
+            raise _several(model_name, stage, holders)
+        if not others and holders:
+            return Decision(True, f"version {mv.number} already holds {stage}")
+        current = others[0] if len(others) == 1 else None
+        decision = decide_promotion(
+            version_metadata(mv), stage, version_metadata(current) if current is not None else None, force=force,
+            candidate_label=_version_label(mv), current_label=_version_label(current) if current is not None else None)
+        if not decision.allowed:
+            err = CareError(decision.reason)
+            err.decision = decision  # type: ignore[attr-defined]
+            raise err
+        _set_stage(client, mv, stage)  # ZenML archives one earlier holder in the same transaction
+        if len(others) > 1:  # the repair of a store with several holders: archive the rest
+            for h in _holders(client, model_name, stage):
+                if h.id != mv.id and h.id in {o.id for o in others}:
+                    _set_stage(client, h, "archived")
+            decision = Decision(True, f"version {mv.number} now holds {stage} alone; archived versions "
+                                      f"{', '.join(str(o.number) for o in others)} (--force repair)", forced=True)
+        if stage in ("staging", "production"):
+            after = _holders(client, model_name, stage)
+            if [h.id for h in after] != [mv.id]:  # changed by a writer outside the lock: undo ours
+                _set_stage(client, mv, before)
+                if current is not None and not _holders(client, model_name, stage):
+                    _set_stage(client, current, stage)
+                raise CareError(f"model {model_name!r}: {stage} changed during this promotion by a writer that does "
+                                f"not take care's promotion lock; version {mv.number} was moved back to "
+                                f"{before or 'no stage'}; check `care models list`")
     return decision
 
 
@@ -338,9 +443,18 @@ def _package_location(client: Client, mv, model_name: str):
     return av
 
 
+def _refuse_odd(src: str, rel: str, number) -> None:
+    """On a local artifact store, refuse a stored entry that is not a regular file (a FIFO would block the copy)."""
+    if "://" not in src and not stat.S_ISREG(os.lstat(src).st_mode):
+        raise CareError(f"version {number}: {label(rel)} in the stored package is not a regular file")
+
+
 def pull_package(out: str | Path, model_name: str, version: str | int | None = None,
-                 stage: str | None = None) -> dict[str, Any]:
-    """Copy a version's package to `out`, verified; nothing is left at `out` (or beside it) on failure."""
+                 stage: str | None = None, trusted_key: str | Path | None = None) -> dict[str, Any]:
+    """Copy a version's package to `out`, verified; nothing is left at `out` (or beside it) on failure.
+
+    With `trusted_key` (a PEM public key) the stored package must carry a signature of its manifest by that key
+    (`care.release.signing`), checked on the manifest bytes that were checked against the registry."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CareError(f"{out}: already exists and is not an empty directory")
@@ -360,11 +474,22 @@ def pull_package(out: str | Path, model_name: str, version: str | int | None = N
             marker = _join(uri, MANIFEST)
             if not fileio.exists(marker):
                 raise CareError(f"version {mv.number}: {MANIFEST} missing from the stored package")
+            _refuse_odd(marker, MANIFEST, mv.number)
             fileio.copy(marker, str(tmp / MANIFEST), overwrite=True)
             if hashlib.sha256((tmp / MANIFEST).read_bytes()).hexdigest() != expected_sha:
                 raise CareError(f"version {mv.number}: stored {MANIFEST} does not match the registered sha256")
-            manifest = json.loads((tmp / MANIFEST).read_text("utf-8"))
-            extra = sorted(_stored_files(uri) - set(manifest.get("files", {})) - {MANIFEST})
+            manifest_bytes = (tmp / MANIFEST).read_bytes()
+            manifest = json.loads(manifest_bytes.decode("utf-8"))
+            stored = _stored_files(uri)
+            if SIGNATURE in stored:
+                _refuse_odd(_join(uri, SIGNATURE), SIGNATURE, mv.number)
+                fileio.copy(_join(uri, SIGNATURE), str(tmp / SIGNATURE), overwrite=True)
+            if trusted_key is not None:
+                from care.release.signing import verify_signature
+
+                signature = (tmp / SIGNATURE).read_bytes() if (tmp / SIGNATURE).is_file() else None
+                verify_signature(manifest_bytes, signature, trusted_key, f"version {mv.number}")
+            extra = sorted(stored - set(manifest.get("files", {})) - {MANIFEST, SIGNATURE})
             if extra:  # the same rule as care.release.manifest.verify_package: exactly the listed files, no more
                 raise CareError(f"version {mv.number}: {len(extra)} file(s) in the stored package are not in its "
                                 f"manifest: " + ", ".join(label(rel) for rel in extra[:20]))
@@ -374,6 +499,7 @@ def pull_package(out: str | Path, model_name: str, version: str | int | None = N
                 if not fileio.exists(src):
                     missing.append(rel)
                     continue
+                _refuse_odd(src, rel, mv.number)
                 dst = tmp.joinpath(*rel.split("/"))
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 fileio.copy(src, str(dst), overwrite=True)

@@ -4,7 +4,7 @@ Each session gets a stratum: the quantile bin (by rank) of its client's mean ove
 the client's sessions' dimension scores). scikit-learn's StratifiedGroupKFold then assigns whole clients
 to folds so that each fold's strata mix resembles the whole. Sessions are sorted by id first, so the folds
 depend only on the data and the seed, never on the order of the input file. A session without a client id
-is its own group.
+is its own group; client ids are compared normalised (case, surrounding spaces, invisible characters).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from care.errors import CareError
+from care.data.ids import normalise_id
 from care.data.instrument import Instrument
 from care.data.schema import Session
 
@@ -22,7 +23,11 @@ MAX_BINS = 5
 
 
 def _group(session: Session) -> str:
-    return f"client:{session.client_id}" if session.client_id is not None else f"session:{session.session_id}"
+    """The client a session belongs to, compared normalised (care.data.ids): `C01`, `c01 ` and `c01\u200b` are
+    one client, so never split across training and held-out folds."""
+    if session.client_id is not None:
+        return f"client:{normalise_id(session.client_id)}"
+    return f"session:{session.session_id}"
 
 
 def _strata(sessions: list[Session], instrument: Instrument, n_folds: int) -> np.ndarray:

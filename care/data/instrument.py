@@ -181,6 +181,11 @@ def load_instrument(ref: str | Path | None = None) -> Instrument:
         except UnicodeDecodeError:
             raise CareError(f"{path}: instrument file is not UTF-8") from None
         source = str(path)
+    return parse_instrument(text, source)
+
+
+def parse_instrument(text: str, source: str) -> Instrument:
+    """An instrument from YAML text (e.g. bytes a caller verified); `source` names it in errors."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -218,3 +223,19 @@ def instrument_digest(ref: str | Path | None = None) -> str:
     if path is None or not path.is_file():
         raise CareError(f"{path}: instrument file not found")
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_instrument_verified(ref: str | Path | None = None) -> tuple[Instrument, str]:
+    """The instrument and the sha256 of the very bytes it was parsed from (one read: no swap in between)."""
+    import hashlib
+
+    path = instrument_path(ref)
+    if path is None or not path.is_file():
+        raise CareError(f"{path}: instrument file not found (built-in names: {', '.join(BUILTIN)})")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CareError(f"{path}: instrument file is not UTF-8") from None
+    source = f"<builtin {ref}>" if str(ref or DEFAULT_INSTRUMENT) in BUILTIN else str(path)
+    return parse_instrument(text, source), hashlib.sha256(raw).hexdigest()

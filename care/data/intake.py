@@ -5,7 +5,9 @@ already in `DIR/sessions.jsonl`. Any of these refuses the whole file, with every
 `FILE:LINE session=ID field=NAME: problem` and nothing changed:
 
 - a problem found by validation (this includes a session id repeated inside the new file);
-- a session id already present in `DIR/sessions.jsonl`;
+- a session id already present in `DIR/sessions.jsonl` (ids compare normalised: case, surrounding spaces and
+  invisible characters do not make an id new, `care.data.ids`), and a client or counselor id written
+  differently from the data's;
 - a client conflict. The rule: every session of a client carries the same counselor and the same
   language. A new session conflicts when its `client_id` already has sessions (in `DIR/sessions.jsonl`,
   or earlier in the new file) and
@@ -16,7 +18,7 @@ already in `DIR/sessions.jsonl`. Any of these refuses the whole file, with every
 Also refused before anything changes: `DIR` not tracked by a `DIR.dvc` file beside it (run `dvc add DIR`
 first), and `DIR` differing from what `DIR.dvc` records (an unrecorded edit, or an earlier add that was
 killed: `dvc checkout DIR --force` restores the recorded version; without `--force` DVC refuses to drop the
-unrecorded bytes).
+unrecorded bytes), and `DIR` in use by a training run or another intake (`care.data.lock`).
 
 Otherwise the full new file (old bytes, then one canonical JSON line per new session) is written to a
 temporary file in `DIR`, fsynced and renamed over `DIR/sessions.jsonl`, and `dvc add DIR` runs in the
@@ -31,7 +33,6 @@ Nothing here prints or records transcript or rationale text: messages carry file
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -46,6 +47,8 @@ import yaml
 
 from care.fsutil import atomic_write_bytes
 from care.errors import CareError, InvalidData, Problem, label, sort_problems
+from care.data.ids import SPELLING, normalise_id
+from care.data.lock import INTAKE_WAIT_S, data_lock
 from care.data.reader import read_jsonl
 from care.data.schema import Session
 
@@ -132,42 +135,65 @@ def _dvc_md5(dvc_bytes: bytes) -> str | None:
 
 def conflict_problems(existing: list[Session], existing_lines: list[int], existing_file: str,
                       new: list[Session], new_lines: list[int], new_file: str) -> list[Problem]:
-    """Session ids already present, and client conflicts (see the module docstring), located in `new_file`."""
-    ids: dict[str, int] = {}
+    """Session ids already present, and client conflicts (see the module docstring), located in `new_file`.
+
+    Ids compare normalised (care.data.ids): an id already present in another spelling (case, spaces,
+    invisible characters) is present, and a client or counselor id written differently from the data's is refused."""
+    ids: dict[str, tuple[str, int]] = {}
     for s, line in zip(existing, existing_lines):
-        ids.setdefault(s.session_id, line)
-    # client -> (counselor_id or None, its line/file), (language, its line/file)
+        ids.setdefault(normalise_id(s.session_id), (s.session_id, line))
+    # normalised client -> (counselor_id or None, its line/file), (language, its line/file), (spelling, line/file)
     counselors: dict[str, tuple[str, str]] = {}
     languages: dict[str, tuple[str, str]] = {}
+    spellings: dict[str, tuple[str, str]] = {}
+    counselor_spellings: dict[str, tuple[str, str]] = {}
 
     def remember(s: Session, where: str) -> None:
+        if s.counselor_id is not None:
+            counselor_spellings.setdefault(normalise_id(s.counselor_id), (s.counselor_id, where))
         if s.client_id is None:
             return
+        cid = normalise_id(s.client_id)
+        spellings.setdefault(cid, (s.client_id, where))
         if s.counselor_id is not None:
-            counselors.setdefault(s.client_id, (s.counselor_id, where))
-        languages.setdefault(s.client_id, (s.language, where))
+            counselors.setdefault(cid, (s.counselor_id, where))
+        languages.setdefault(cid, (s.language, where))
 
     for s, line in zip(existing, existing_lines):
         remember(s, f"{existing_file}:{line}")
     problems: list[Problem] = []
     for s, line in zip(new, new_lines):
         sid = label(s.session_id)
-        if s.session_id in ids:
+        held_id = ids.get(normalise_id(s.session_id))
+        if held_id is not None:
+            how = "" if held_id[0] == s.session_id else f" as {label(held_id[0])} ({SPELLING} differ)"
             problems.append(Problem(line, sid, "session_id",
-                                    f"session id already present in {existing_file} (line {ids[s.session_id]})",
+                                    f"session id already present in {existing_file}{how} (line {held_id[1]})",
                                     new_file))
-        cid = s.client_id
-        if cid is not None:
-            held = counselors.get(cid)
-            if held and s.counselor_id is not None and s.counselor_id != held[0]:
+        if s.counselor_id is not None:
+            known = counselor_spellings.get(normalise_id(s.counselor_id))
+            if known and known[0] != s.counselor_id:
                 problems.append(Problem(line, sid, "counselor_id",
-                                        f"client {label(cid)} already has sessions with counselor "
+                                        f"counselor {label(known[0])} (at {known[1]}) is written differently here "
+                                        f"({SPELLING}); use one spelling", new_file))
+        if s.client_id is not None:
+            cid = normalise_id(s.client_id)
+            known = spellings.get(cid)
+            if known and known[0] != s.client_id:
+                problems.append(Problem(line, sid, "client_id",
+                                        f"client {label(known[0])} (at {known[1]}) is written differently here "
+                                        f"({SPELLING}): the same client would count as two; use one spelling",
+                                        new_file))
+            held = counselors.get(cid)
+            if held and s.counselor_id is not None and normalise_id(s.counselor_id) != normalise_id(held[0]):
+                problems.append(Problem(line, sid, "counselor_id",
+                                        f"client {label(s.client_id)} already has sessions with counselor "
                                         f"{label(held[0])} (at {held[1]}), not {label(s.counselor_id)}", new_file))
             lang = languages.get(cid)
             if lang and s.language != lang[0]:
                 problems.append(Problem(line, sid, "language",
-                                        f"client {label(cid)} already has sessions in language {label(lang[0])} "
-                                        f"(at {lang[1]}), not {label(s.language)}", new_file))
+                                        f"client {label(s.client_id)} already has sessions in language "
+                                        f"{label(lang[0])} (at {lang[1]}), not {label(s.language)}", new_file))
         remember(s, f"{new_file}:{line}")
     return sort_problems(problems)
 
@@ -188,22 +214,6 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-@contextlib.contextmanager
-def _lock(tracking: Tracking) -> Iterator[None]:
-    """One `care annotations add` at a time per repository (a lock file under .dvc/tmp, which git ignores)."""
-    lock_dir = tracking.repo_root / ".dvc" / "tmp"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / "care-intake.lock", "a") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CareError("another `care annotations add` is running in this repository; nothing changed") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -253,10 +263,12 @@ def _tail(text: str, n: int = 5) -> str:
 
 
 def add_annotations(new_path: str | Path, data_dir: str | Path = "data", instrument=None,
-                    dvc: DvcRunner = run_dvc) -> IntakeResult:
+                    dvc: DvcRunner = run_dvc, wait_s: float = INTAKE_WAIT_S, limits=None) -> IntakeResult:
     """Validate `new_path`, check it against `data_dir/sessions.jsonl`, append it atomically, `dvc add`.
 
-    Raises InvalidData (every problem) or CareError (one line) when refusing; nothing is changed then.
+    Raises InvalidData (every problem) or CareError (one line) when refusing; nothing is changed then. The data
+    directory's lock (`care.data.lock`) is held exclusively from the check of the old data to the end: a
+    training run on the same data and another intake are refused (or waited for, `wait_s` seconds).
     """
     from care.data.validation import validate_file
 
@@ -268,16 +280,19 @@ def add_annotations(new_path: str | Path, data_dir: str | Path = "data", instrum
     if Path(new_path).absolute() == sessions_path:
         raise CareError(f"{new_file} is the data file itself; nothing changed")
 
-    result = validate_file(new_path, instrument=instrument)
+    from care.data.validation import _instrument
+
+    instrument = _instrument(instrument)
+    result = validate_file(new_path, instrument=instrument, limits=limits)
     if result.problems:
         raise InvalidData(result.problems)
 
-    with _lock(tracking):
+    with data_lock(tracking.data_dir, "care annotations add", exclusive=True, wait_s=wait_s):
         _remove_stale_temps(tracking.data_dir)
         _check_clean(tracking, dvc)
         old_bytes = sessions_path.read_bytes()
         old_dvc = tracking.dvc_file.read_bytes()
-        existing = read_jsonl(sessions_path)
+        existing = read_jsonl(sessions_path, limits, instrument.item_ids)
         if existing.problems:
             raise CareError(f"{sessions_path} has {len(existing.problems)} problem(s) of its own "
                             f"(see `care validate {sessions_path}`); nothing changed")

@@ -27,14 +27,15 @@ from typing import Any, Callable
 
 from care.errors import CareError, InvalidData, Problem, label, sort_problems
 from care.data.instrument import Instrument, load_instrument
-from care.data.reader import ParsedFile, read_jsonl
+from care.data.ids import SPELLING, normalise_id
+from care.data.reader import ParsedFile, key_label, read_jsonl
 from care.data.schema import Session
 from care.data.timestamps import MAX_SESSION_SPAN, times_summary, turn_time_columns
+from care.params import DataLimits
 
 SPEAKERS = ("counselor", "client")
 RATING_KINDS = ("client_ratings", "counselor_ratings")
 _ID_CLIP = 80
-_KEY_CLIP = 40
 _INT_CLAMP = 2**62  # ratings beyond int64 stay off the scale without overflowing the column
 
 
@@ -117,19 +118,40 @@ class _Table:
         return len(self.where)
 
 
+def _spellings(values: list[str | None]) -> list[int | None]:
+    """Per value: how many distinct spellings its normalised form has in `values` (None stays None)."""
+    seen: dict[str, set[str]] = {}
+    for v in values:
+        if v is not None:
+            seen.setdefault(normalise_id(v), set()).add(v)
+    return [None if v is None else len(seen[normalise_id(v)]) for v in values]
+
+
+def _key(key: str, given: dict, items: list[str]) -> str:
+    """An item key as problems show it: an item id of the instrument, else its position (never its text)."""
+    return key_label(key, 1 + list(given).index(key) if key in given else 0, items)
+
+
 def _flatten(parsed: ParsedFile, instrument: Instrument) -> dict[str, _Table]:
     items = instrument.item_ids
     sessions = _Table("sessions")
     turns = _Table("turns")
     ratings = _Table("ratings")
     rationales = _Table("rationales")
-    for session, line in zip(parsed.sessions, parsed.lines):
+    clients = _spellings([s.client_id for s in parsed.sessions])
+    counselors = _spellings([s.counselor_id for s in parsed.sessions])
+    for session, line, client_spellings, counselor_spellings in zip(parsed.sessions, parsed.lines, clients, counselors):
         sid = label(session.session_id, _ID_CLIP) if session.session_id.strip() else "?"
         speakers = [t.speaker for t in session.turns]
         sessions.add(
             line, sid, "",
             session_id=session.session_id,
+            session_key=normalise_id(session.session_id),
             client_id=session.client_id,
+            client_key=None if session.client_id is None else normalise_id(session.client_id),
+            client_spellings=client_spellings,
+            counselor_id=session.counselor_id,
+            counselor_spellings=counselor_spellings,
             language=session.language,
             n_turns=len(session.turns),
             n_counselor_turns=speakers.count("counselor"),
@@ -144,13 +166,13 @@ def _flatten(parsed: ParsedFile, instrument: Instrument) -> dict[str, _Table]:
                 continue
             for key in [*given, *(i for i in items if i not in given)]:
                 value = given.get(key)
-                ratings.add(line, sid, f"{kind}.{label(key, _KEY_CLIP)}", kind=kind, item=key,
+                ratings.add(line, sid, f"{kind}.{_key(key, given, items)}", kind=kind, item=key,
                             rating=None if value is None else _clamp(value))
         if session.rationales is not None:
             given = session.rationales
             for key in [*given, *(i for i in items if i not in given)]:
                 text = given.get(key)
-                rationales.add(line, sid, f"rationales.{label(key, _KEY_CLIP)}", item=key,
+                rationales.add(line, sid, f"rationales.{_key(key, given, items)}", item=key,
                                text_len=None if text is None else len(text.strip()))
     return {t.name: t for t in (sessions, turns, ratings, rationales)}
 
@@ -182,14 +204,20 @@ def _rules(instrument: Instrument, ratings_required: bool) -> list[_Rule]:
 
     nonempty_turns = {"row_condition": Column("n_turns") > 0}
     rules = [
-        _Rule("sessions", gxe.ExpectColumnValuesToBeUnique(column="session_id"),
+        # ids compare as normalised (care.data.ids): a session given twice in two spellings is a duplicate
+        _Rule("sessions", gxe.ExpectColumnValuesToBeUnique(column="session_key"),
               const("session_id"), "duplicate session id"),
-        _Rule("sessions", gxe.ExpectColumnValuesToMatchRegex(column="session_id", regex=r"\S"),
+        _Rule("sessions", gxe.ExpectColumnValuesToMatchRegex(column="session_key", regex=r"\S"),
               const("session_id"), "empty session id"),
         _Rule("sessions", gxe.ExpectColumnValuesToNotBeNull(column="client_id"),
               const("client_id"), "missing client id"),
-        _Rule("sessions", gxe.ExpectColumnValuesToMatchRegex(column="client_id", regex=r"\S"),
+        _Rule("sessions", gxe.ExpectColumnValuesToMatchRegex(column="client_key", regex=r"\S"),
               const("client_id"), "empty client id"),
+        # one client (or counselor) written two ways would be split across folds: one spelling per id
+        _Rule("sessions", gxe.ExpectColumnValuesToBeBetween(column="client_spellings", max_value=1),
+              const("client_id"), "client id spelling"),
+        _Rule("sessions", gxe.ExpectColumnValuesToBeBetween(column="counselor_spellings", max_value=1),
+              const("counselor_id"), "counselor id spelling"),
         _Rule("sessions", gxe.ExpectColumnValuesToBeInSet(column="language", value_set=list(instrument.languages)),
               const("language"), f"unknown language (the instrument has: {langs})"),
         _Rule("sessions", gxe.ExpectColumnValuesToBeBetween(column="n_turns", min_value=1),
@@ -250,9 +278,11 @@ def _batch_definition(table: str):
     return defs[table]
 
 
-_NULLABLE_INT = ("rating", "text_len", "n_client_ratings", "time_parsed", "time_same_kind")  # Int64: null = absent
+_NULLABLE_INT = ("rating", "text_len", "n_client_ratings", "time_parsed", "time_same_kind", "client_spellings",
+                 "counselor_spellings")  # Int64: null = absent
 _NULLABLE_FLOAT = ("time_gap_s", "time_since_first_s")  # Float64: null means absent
-_STRINGS = ("session_id", "client_id", "language", "speaker", "item", "kind")  # object: None stays None
+_STRINGS = ("session_id", "session_key", "client_id", "client_key", "counselor_id", "language", "speaker", "item",
+            "kind")  # object: None stays None
 
 
 def _frame(table: _Table):
@@ -318,20 +348,43 @@ def validate_sessions(parsed: ParsedFile, instrument: Instrument, ratings_requir
             if not rows:
                 raise RuntimeError(f"validation rule {res.expectation_config.type} on {name} failed without rows")
             message = rule.message
-            if rule.message == "duplicate session id":
-                by_id: dict[str, list[int]] = {}
-                for row in rows:
-                    by_id.setdefault(table.columns["session_id"][row], []).append(table.where[row][0])
+            groups = _id_groups(rule.message, table) if rule.message in _ID_MESSAGES else {}
             for row in rows:
                 line, sid, stem = table.where[row]
-                if rule.message == "duplicate session id":
-                    group = by_id[table.columns["session_id"][row]]
-                    others = list(itertools.islice((n for n in group if n != line), 3))
-                    more = len(group) - 1 - len(others)
-                    shown = ", ".join(map(str, others)) + (f" and {more} more" if more > 0 else "")
-                    message = f"duplicate session id (also on line {shown})"
+                if groups:
+                    message = _id_message(rule.message, table, row, groups)
                 problems.append(Problem(line, sid, rule.field(stem), message, file))
     return sort_problems(problems)
+
+
+_ID_MESSAGES = {"duplicate session id": "session", "client id spelling": "client", "counselor id spelling": "counselor"}
+
+
+def _id_groups(rule: str, table: _Table) -> dict[str, list[int]]:
+    """Rows by normalised id, for the id column `rule` is about."""
+    groups: dict[str, list[int]] = {}
+    for r, value in enumerate(table.columns[f"{_ID_MESSAGES[rule]}_id"]):
+        if value is not None:
+            groups.setdefault(normalise_id(value), []).append(r)
+    return groups
+
+
+def _id_message(rule: str, table: _Table, row: int, groups: dict[str, list[int]]) -> str:
+    """Where else the id occurs (up to 3 lines), and whether the other spelling differs only invisibly."""
+    what = _ID_MESSAGES[rule]
+    raw = table.columns[f"{what}_id"]
+    group = [r for r in groups[normalise_id(raw[row])] if r != row]
+    if rule != "duplicate session id":  # the lines where the same id is spelled another way
+        group = [r for r in group if raw[r] != raw[row]]
+    lines = [table.where[r][0] for r in group]
+    others = list(itertools.islice((n for n in lines if n != table.where[row][0]), 3))
+    more = len(lines) - len(others)
+    shown = ", ".join(map(str, others)) + (f" and {more} more" if more > 0 else "")
+    if rule == "duplicate session id":
+        return (f"duplicate session id (also on line {shown})" if all(raw[r] == raw[row] for r in group) else
+                f"duplicate session id (on line {shown} too, written differently: {SPELLING})")
+    return (f"{what} id written differently on line {shown} ({SPELLING}): the same {what} would count as two; "
+            "use one spelling")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -361,6 +414,7 @@ def validate_file(
     instrument: str | Path | Instrument | None = None,
     report_path: str | Path | None = None,
     ratings_required: bool = True,
+    limits: DataLimits | None = None,
 ) -> ValidationResult:
     """Read and validate `path`: every structural and rule problem, sorted by line.
 
@@ -370,7 +424,7 @@ def validate_file(
     """
     inst = _instrument(instrument)
     try:
-        parsed = read_jsonl(path)
+        parsed = read_jsonl(path, limits, inst.item_ids)
     except CareError as exc:
         if report_path is not None:  # never leave a stale report from an earlier run behind
             from care.fsutil import atomic_write_json
@@ -390,9 +444,10 @@ def load_valid_sessions(
     path: str | Path,
     instrument: str | Path | Instrument | None = None,
     ratings_required: bool = True,
+    limits: DataLimits | None = None,
 ) -> list[Session]:
     """The sessions of `path`, in file order; raises InvalidData listing every problem otherwise."""
-    result = validate_file(path, instrument=instrument, ratings_required=ratings_required)
+    result = validate_file(path, instrument=instrument, ratings_required=ratings_required, limits=limits)
     if result.problems:
         raise InvalidData(result.problems)
     return result.sessions

@@ -70,8 +70,9 @@ def template_variables(prompt_date: date) -> dict[str, Any]:
     return {"date_string": prompt_date.strftime("%d %b %Y"), "strftime_now": prompt_date.strftime}
 
 
-def _render(tokenizer, texts: PromptTexts, transcript: str, block: str, prompt_date: date) -> tuple[str, str]:
-    """The chat-templated prompt, split where the item block starts: (prefix, suffix)."""
+def _render(tokenizer, texts: PromptTexts, transcript: str, block: str, prompt_date: date) -> tuple[str, str, int]:
+    """The chat-templated prompt, split where the item block starts: (prefix, suffix, where the transcript
+    starts in the prefix; -1 for an empty transcript)."""
     user = f"{texts.instruction}\n\n{transcript}\n\n"
     messages = [{"role": "system", "content": texts.system}, {"role": "user", "content": user + block}]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
@@ -79,7 +80,10 @@ def _render(tokenizer, texts: PromptTexts, transcript: str, block: str, prompt_d
     cut = rendered.rfind(block)
     if cut < 0:
         raise CareError("the chat template changed the item text; cannot split the prompt")
-    return rendered[:cut], rendered[cut:]
+    start = rendered.rfind(transcript, 0, cut) if transcript else -1
+    if transcript and start < 0:
+        raise CareError("the chat template changed the transcript text; cannot build the prompt")
+    return rendered[:cut], rendered[cut:], start
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -123,7 +127,10 @@ class PromptBuilder:
                  context_policy: str = ModelParams.model_fields["context_policy"].default):
         if context_policy not in CONTEXT_POLICIES:
             raise CareError(f"unknown context policy {context_policy!r} (known: {', '.join(CONTEXT_POLICIES)})")
+        from care.model.plain_text import PlainText
+
         self.tokenizer = tokenizer
+        self.plain = PlainText(tokenizer)  # client text never becomes a control token
         self.instrument = instrument
         self.max_length = max_length
         self.reserve = reserve
@@ -147,7 +154,8 @@ class PromptBuilder:
         texts = self.instrument.prompt_texts(session.language)
         block = item_block(self.instrument, self.instrument.item_ids[0], session.language)
         transcript = render_transcript(session, texts, first_turn, clip, head)
-        return _ids(self.tokenizer, _render(self.tokenizer, texts, transcript, block, self.prompt_date)[0])
+        prefix, _, start = _render(self.tokenizer, texts, transcript, block, self.prompt_date)
+        return self.plain.encode(prefix, [(start, start + len(transcript))] if start >= 0 else [])
 
     def encode(self, session: Session) -> EncodedSession:
         """Encode a session; a transcript too long for the context is cut by the context policy."""
@@ -210,7 +218,7 @@ class PromptBuilder:
         """Target ids (answer, [newline + rationale], EOS) and whether the rationale was clipped to fit."""
         answer = self.instrument.scale.answer(score)
         text = answer if rationale is None else f"{answer}\n{rationale.strip()}"
-        ids = _ids(self.tokenizer, text)
+        ids = self.plain.encode(text, [(len(f"{answer}\n"), len(text))] if rationale is not None else [])
         if ids[0] != self.digit_ids[self.instrument.scale.points.index(score)]:
             raise CareError("the score's answer token does not start the target tokens")
         clipped = len(ids) + 1 > self.reserve

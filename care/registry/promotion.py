@@ -248,3 +248,20 @@ def key_metrics(meta: dict[str, Any]) -> str:
             fm = f"{mse:.3f}" if isinstance(mse, (int, float)) else "-"
             parts.append(f"{dim} r={fr} mse={fm}")
     return "; ".join(parts) or "-"
+
+
+def stage_conflicts(rows: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Stages that more than one version holds (`care models list` rows): {stage: [versions]}."""
+    by_stage: dict[str, list[int]] = {}
+    for row in rows:
+        if row.get("stage") in PROMOTABLE_STAGES:
+            by_stage.setdefault(row["stage"], []).append(int(row["version"]))
+    return {stage: sorted(v) for stage, v in by_stage.items() if len(v) > 1}
+
+
+def several_holders_message(model_name: str, stage: str, versions: list[int]) -> str:
+    """The one-line refusal for a store where several versions hold one stage (a race or another tool)."""
+    shown = ", ".join(str(v) for v in versions)
+    return (f"model {model_name!r} has {len(versions)} versions in {stage} ({shown}); a stage has one holder, so "
+            f"the registry was changed by a race or by another tool. Repair: `care models promote V --stage {stage} "
+            f"--force` keeps version V there and archives the others")

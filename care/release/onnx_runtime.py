@@ -18,11 +18,11 @@ import os
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from care.data.instrument import Instrument, load_instrument
+from care.data.instrument import Instrument
 from care.data.schema import Session
 from care.errors import CareError
 from care.evaluation import readout
@@ -44,46 +44,41 @@ def _token_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _compile_template(template: str):
-    """A chat template compiled exactly as transformers does (sandbox, trim/lstrip blocks, tojson, globals)."""
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+def _compile_template(template: str, where: str = "chat template"):
+    """A chat template compiled as transformers does (sandbox, trim/lstrip blocks, tojson, globals), in its own
+    process with bounded time, memory and output (`care.release.template_sandbox`): the template is package
+    content, i.e. untrusted code."""
+    from care.release.template_sandbox import SandboxedTemplate
 
-    class _Generation(jinja2.ext.Extension):  # `{% generation %}` blocks render their body unchanged
-        tags = {"generation"}
+    return SandboxedTemplate(template, where)
 
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
 
-        def _body(self, caller):
-            return caller()
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 class PackageTokenizer:
-    """The parts of a Hugging Face fast tokenizer that prompts and decoding use, from its saved files."""
+    """The parts of a Hugging Face fast tokenizer that prompts and decoding use, from its saved files.
 
-    def __init__(self, directory: str | Path):
+    `source` is a directory (files read from it) or a mapping of file name to the bytes already verified
+    (`care score`: never reopened by path)."""
+
+    def __init__(self, source: str | Path | Mapping[str, bytes]):
         from tokenizers import Tokenizer
 
-        d = Path(directory)
-        self._tok = Tokenizer.from_file(str(d / "tokenizer.json"))
-        config = _read_json(d / "tokenizer_config.json")
-        smap = _read_json(d / "special_tokens_map.json")
+        if isinstance(source, (str, Path)):
+            d = Path(source)
+            where = str(d)
+            files = {name: (d / name).read_bytes() for name in TOKENIZER_FILES if (d / name).is_file()}
+        else:
+            where, files = "package", dict(source)
+        if "tokenizer.json" not in files:
+            raise CareError(f"{where}: no tokenizer.json")
+        try:
+            self._tok = Tokenizer.from_str(files["tokenizer.json"].decode("utf-8"))
+        except Exception:  # noqa: BLE001 - the library's message may quote the file
+            raise CareError(f"{where}: tokenizer.json is not a tokenizer this version of `tokenizers` reads") from None
+        config = _json_of(files.get("tokenizer_config.json"), where)
+        smap = _json_of(files.get("special_tokens_map.json"), where)
         self.special_tokens_map: dict[str, Any] = {}
         for attr in _SPECIAL_ATTRS:
             value = _token_str(config.get(attr)) or _token_str(smap.get(attr))
@@ -93,12 +88,13 @@ class PackageTokenizer:
         extra = [_token_str(t) for t in extra if _token_str(t)]
         if extra:
             self.special_tokens_map["additional_special_tokens"] = extra
-        template = (d / "chat_template.jinja").read_text("utf-8") if (d / "chat_template.jinja").is_file() else config.get("chat_template")
+        template = files["chat_template.jinja"].decode("utf-8", "replace") if "chat_template.jinja" in files \
+            else config.get("chat_template")
         if isinstance(template, list):  # named templates: use the default one
-            template = {t["name"]: t["template"] for t in template}.get("default")
-        if not template:
-            raise CareError(f"{d}: the tokenizer has no chat template")
-        self._template = _compile_template(template)
+            template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}.get("default")
+        if not isinstance(template, str) or not template:
+            raise CareError(f"{where}: the tokenizer has no chat template")
+        self._template = _compile_template(template, f"{where}: chat template")
         self.eos_token_id = self._id(self.special_tokens_map.get("eos_token"))
         self.pad_token_id = self._id(self.special_tokens_map.get("pad_token"))
 
@@ -115,9 +111,18 @@ class PackageTokenizer:
 
     def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool = False, add_generation_prompt: bool = False,
                             **kwargs: Any):
-        """As transformers renders it: extra kwargs (e.g. date_string) reach the template, overriding special tokens."""
+        """As transformers renders it: extra kwargs (e.g. date_string) reach the template, overriding special tokens.
+
+        `strftime_now` may be given as a date's (or datetime's) bound `strftime` (what prompts pin); unset, it
+        answers today's date."""
+        clock = kwargs.pop("strftime_now", None)
+        pinned = getattr(clock, "__self__", None)
+        if clock is not None and not isinstance(pinned, date):
+            raise CareError("strftime_now must be a date's strftime")
         text = self._template.render(messages=messages, tools=None, documents=None,
-                                     add_generation_prompt=add_generation_prompt, **{**self.special_tokens_map, **kwargs})
+                                     add_generation_prompt=add_generation_prompt,
+                                     strftime_date=pinned, now=datetime.now(),
+                                     **{**self.special_tokens_map, **kwargs})
         return self(text, add_special_tokens=False)["input_ids"] if tokenize else text
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
@@ -128,8 +133,14 @@ class PackageTokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text("utf-8")) if path.is_file() else {}
+def _json_of(data: bytes | None, where: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise CareError(f"{where}: a tokenizer file is not valid JSON") from None
+    return value if isinstance(value, dict) else {}
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -147,7 +158,8 @@ def default_threads() -> int:
 class OnnxLM:
     """An exported decoder (`text-generation-with-past`) on ONNX Runtime, as a `readout.Backend`."""
 
-    def __init__(self, model_path: str | Path, device: str = "cpu", threads: int | None = None):
+    def __init__(self, model_path: str | Path | bytes, device: str = "cpu", threads: int | None = None):
+        """`model_path`: the model file, or its bytes (a verified package's model, never reopened by path)."""
         os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         import onnxruntime as ort
 
@@ -163,14 +175,16 @@ class OnnxLM:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(model_path), opts, providers=providers)
+        from_bytes = isinstance(model_path, bytes)
+        self.session = ort.InferenceSession(model_path if from_bytes else str(model_path), opts, providers=providers)
         if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise CareError("--device cuda: ONNX Runtime fell back to CPU (CUDA libraries missing or unusable); "
                             "refusing to run on CPU silently; use --device cpu")
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.past_names = sorted((n for n in inputs if n.startswith("past_key_values.")), key=_layer_order)
         if not self.past_names or "position_ids" not in inputs:
-            raise CareError(f"{model_path}: not a decoder exported with past key/values and position ids")
+            raise CareError(f"{'the model' if from_bytes else model_path}: not a decoder exported with past key/values "
+                            "and position ids")
         shape = inputs[self.past_names[0]].shape
         self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
         self.kv_dtype = np.float16 if "float16" in inputs[self.past_names[0]].type else np.float32
@@ -212,35 +226,95 @@ class Package:
     eos_ids: set[int]
 
 
-def load_package(root: str | Path, device: str = "cpu", threads: int | None = None) -> Package:
-    """Verify `root` against its manifest, then load tokenizer, instrument and the ONNX model."""
-    from care.release.manifest import verify_package
+def _external_data(rel: str) -> bool:
+    return rel.startswith(MODEL_FILE) and rel != MODEL_FILE  # model.onnx_data (weights over 2 GB)
+
+
+def load_package(root: str | Path, device: str = "cpu", threads: int | None = None,
+                 trusted_key: str | Path | None = None) -> Package:
+    """Verify `root` against its manifest and build tokenizer, instrument and ONNX model from the verified bytes.
+
+    Every file is read once (`care.release.manifest.read_verified`) and everything is built from those bytes,
+    never from a path reopened after the check. A model with external data (model.onnx_data) is loaded from a
+    private copy written from the hashed chunks, deleted once ONNX Runtime holds the model. With
+    `trusted_key` (a PEM public key) the package must carry a signature of its manifest by that key.
+    """
+    import shutil
+    import tempfile
+
+    from care.release.manifest import read_verified
 
     root = Path(root)
-    manifest = verify_package(root)  # raises on any missing, extra or changed file: nothing is loaded before
-    scoring = manifest.get("scoring") or {}
-    if any(key not in scoring for key in ("max_length", "reserve", "prompt_date")):
-        raise CareError(f"{root}: manifest has no scoring config (max_length, reserve, prompt_date)")
-    instrument = load_instrument(root / INSTRUMENT_FILE)
+    private = Path(tempfile.mkdtemp(prefix="care-package-"))  # 0700: this user only
     try:
-        prompt_date = date.fromisoformat(str(scoring["prompt_date"]))
-    except ValueError:
-        raise CareError(f"{root}: manifest scoring.prompt_date is not an ISO date") from None
-    return open_model_dir(root, instrument, int(scoring["max_length"]), int(scoring["reserve"]), device, threads,
-                          manifest=manifest, prompt_date=prompt_date, context_policy=str(scoring.get("context_policy", KEEP_END)))
+        pkg = read_verified(root, copy_dir=private, copy=_external_data)  # raises on any mismatch: nothing is built
+        if trusted_key is not None:
+            from care.release.signing import verify_signature
+
+            verify_signature(pkg.manifest_bytes, pkg.signature, trusted_key, str(root))
+        if pkg.copies:  # ONNX Runtime finds external data beside the model file: both from the private copy
+            from care.fsutil import atomic_write_bytes
+
+            atomic_write_bytes(private / MODEL_FILE, pkg.data.pop(MODEL_FILE))
+        loaded = open_model_dir(root, None, device=device, threads=threads, files=pkg.data,
+                                model=private / MODEL_FILE if pkg.copies else None, manifest=pkg.manifest)
+        for language in loaded.instrument.languages:  # renders the template once per language, before any scoring
+            loaded.builder.suffixes(language)
+        return loaded
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
-def open_model_dir(root: str | Path, instrument: Instrument, max_length: int, reserve: int, device: str = "cpu",
-                   threads: int | None = None, manifest: dict[str, Any] | None = None, *,
-                   prompt_date: date, context_policy: str = "keep_end") -> Package:
-    """Load an export directory (model.onnx + tokenizer files) WITHOUT a manifest check: for the parity check
-    before packaging. Scoring a release goes through `load_package`."""
+def _scoring_config(manifest: dict[str, Any], root: Path) -> tuple[int, int, date, str]:
+    scoring = manifest.get("scoring") or {}
+    if not isinstance(scoring, dict) or any(key not in scoring for key in ("max_length", "reserve", "prompt_date")):
+        raise CareError(f"{root}: manifest has no scoring config (max_length, reserve, prompt_date)")
+    try:
+        return (int(scoring["max_length"]), int(scoring["reserve"]), date.fromisoformat(str(scoring["prompt_date"])),
+                str(scoring.get("context_policy", KEEP_END)))  # packages from before context policies: keep_end
+    except (TypeError, ValueError):
+        raise CareError(f"{root}: manifest scoring config is malformed (max_length, reserve: integers; prompt_date: "
+                        "an ISO date)") from None
+
+
+def open_model_dir(root: str | Path, instrument: Instrument | None = None, max_length: int | None = None,
+                   reserve: int | None = None, device: str = "cpu", threads: int | None = None,
+                   manifest: dict[str, Any] | None = None, *, prompt_date: date | None = None,
+                   context_policy: str | None = None, files: Mapping[str, bytes] | None = None,
+                   model: str | Path | None = None) -> Package:
+    """Build a Package from `files` (name -> verified bytes, as `load_package` passes them) or, without `files`,
+    from an export directory read WITHOUT a manifest check (the parity check before packaging).
+
+    The model comes from `files["model.onnx"]` (bytes), else from `model` (a path), else `root/model.onnx`. The
+    instrument, max_length, reserve, prompt date and context policy default to the package's (`instrument.yaml`,
+    manifest)."""
+    from care.data.instrument import parse_instrument
+
     root = Path(root)
-    tokenizer = PackageTokenizer(root)
+    if files is None:
+        files = {name: (root / name).read_bytes() for name in (*TOKENIZER_FILES, "generation_config.json")
+                 if (root / name).is_file()}
+    tokenizer = PackageTokenizer(files) if files else PackageTokenizer(root)
+    if instrument is None:
+        if INSTRUMENT_FILE not in files:
+            raise CareError(f"{root}: no {INSTRUMENT_FILE}")
+        instrument = parse_instrument(files[INSTRUMENT_FILE].decode("utf-8", "replace"), str(root / INSTRUMENT_FILE))
+    if max_length is None or reserve is None or prompt_date is None or context_policy is None:
+        cfg = _scoring_config(manifest or {}, root)
+        max_length, reserve, prompt_date, context_policy = (max_length or cfg[0], reserve or cfg[1],
+                                                            prompt_date or cfg[2], context_policy or cfg[3])
     builder = PromptBuilder(tokenizer, instrument, max_length, reserve, prompt_date, context_policy)
-    lm = OnnxLM(root / MODEL_FILE, device=device, threads=threads)
+    try:
+        lm = OnnxLM(files[MODEL_FILE] if MODEL_FILE in files else (model or root / MODEL_FILE), device=device,
+                    threads=threads)
+    except CareError:
+        raise
+    except Exception as exc:  # ONNX Runtime refuses the model file: one line, not its traceback
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        raise CareError(f"{root}: {MODEL_FILE} does not load in ONNX Runtime ({type(exc).__name__})") from None
     eos = {tokenizer.eos_token_id}
-    gen = _read_json(root / "generation_config.json").get("eos_token_id")
+    gen = _json_of(files.get("generation_config.json"), str(root)).get("eos_token_id")
     eos |= set(gen) if isinstance(gen, list) else {gen}
     return Package(root, manifest or {}, instrument, tokenizer, builder, lm, {e for e in eos if e is not None})
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from care.data.instrument import Instrument, instrument_digest, load_instrument
+from care.data.instrument import Instrument, load_instrument_verified
 from care.data.schema import Session
 from care.errors import CareError
 from care.params import DataParams
@@ -30,6 +30,7 @@ class DataRef(BaseModel):
     instrument: str
     instrument_sha256: str
     prompts_sha256: str  # the prompt wording of the instrument's languages (shipped or its own)
+    n_bytes: int  # the file's size at validation: later reads stop beyond it
     n_sessions: int
     n_clients: int
     n_with_counselor_ratings: int
@@ -41,9 +42,10 @@ class DataChanged(CareError):
     """The data (or instrument) differs from what the run validated."""
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, at_most: int) -> bytes:
     try:
-        return path.read_bytes()
+        with open(path, "rb") as fh:
+            return fh.read(at_most + 1)
     except OSError as exc:
         raise CareError(f"{path}: cannot read the data ({type(exc).__name__})") from None
 
@@ -54,13 +56,13 @@ def _limited(sessions: list[Session], limit: int | None) -> list[Session]:
 
 def validate_data(data: DataParams) -> DataRef:
     """Validate `data.path` with every rule (Great Expectations) and record what was validated."""
-    from care.data.reader import parse_jsonl
+    from care.data.reader import parse_jsonl, read_limited
     from care.data.validation import validate_parsed
 
     path = Path(data.path)
-    raw = _read(path)
-    instrument = load_instrument(data.instrument)
-    result = validate_parsed(parse_jsonl(raw, path), instrument)
+    raw = read_limited(path, data.limits)  # refused before reading when over data.limits.max_file_mb
+    instrument, instrument_sha256 = load_instrument_verified(data.instrument)
+    result = validate_parsed(parse_jsonl(raw, path, data.limits, instrument.item_ids), instrument)
     if result.problems:
         from care.errors import InvalidData
 
@@ -71,7 +73,8 @@ def validate_data(data: DataParams) -> DataRef:
         sha256=hashlib.sha256(raw).hexdigest(),
         limit=data.limit,
         instrument=data.instrument,
-        instrument_sha256=instrument_digest(data.instrument),
+        instrument_sha256=instrument_sha256,
+        n_bytes=len(raw),
         prompts_sha256=instrument.prompts_digest(),
         n_sessions=len(sessions),
         n_clients=len({s.client_id for s in sessions}),
@@ -86,13 +89,13 @@ def load_data(ref: DataRef) -> tuple[list[Session], Instrument]:
     from care.data.reader import parse_jsonl
 
     path = Path(ref.path)
-    raw = _read(path)
-    if hashlib.sha256(raw).hexdigest() != ref.sha256:
+    raw = _read(path, ref.n_bytes)  # never more than was validated (+1 byte, which fails the check)
+    if len(raw) != ref.n_bytes or hashlib.sha256(raw).hexdigest() != ref.sha256:
         raise DataChanged(f"{path}: the data changed after this run validated it (sha256 {ref.sha256[:12]}...); "
                           "start a new run")
-    if instrument_digest(ref.instrument) != ref.instrument_sha256:
+    instrument, instrument_sha256 = load_instrument_verified(ref.instrument)  # parsed from the bytes it hashed
+    if instrument_sha256 != ref.instrument_sha256:
         raise DataChanged(f"instrument {ref.instrument}: changed after this run validated the data; start a new run")
-    instrument = load_instrument(ref.instrument)
     if instrument.prompts_digest() != ref.prompts_sha256:
         raise DataChanged(f"instrument {ref.instrument}: its prompt wording changed after this run validated the data; "
                           "start a new run")

@@ -48,28 +48,36 @@ def write_gate(out: Outputs, detail: dict, gate_doc: dict) -> None:
     atomic_write_json(out.metrics / "cv.json", cv_summary(detail, gate_doc))
 
 
-def _replaceable(out: Path) -> bool:
-    """`out` is absent, an empty directory, or a release package this tool wrote (its manifest says so)."""
-    from care.release.manifest import read_manifest
+def check_release_out(out: str | Path) -> None:
+    """Refuse, before any work, a `release.out` that holds something this tool did not write: it must be absent,
+    an empty directory or a release package (its manifest's format says so)."""
+    from care.fsutil import ours_or_empty
+    from care.release.manifest import MANIFEST
     from care.release.package import FORMAT
 
-    if not os.path.lexists(out):
-        return True
-    if out.is_symlink() or not out.is_dir():
-        return False
-    if not any(out.iterdir()):
-        return True
-    try:
-        return read_manifest(out).get("format") == FORMAT
-    except CareError:
-        return False
-
-
-def check_release_out(out: str | Path) -> None:
-    """Refuse, before any work, a `release.out` that holds something this tool did not write."""
-    if not _replaceable(Path(out)):
+    if not ours_or_empty(out, MANIFEST, lambda m: isinstance(m, dict) and m.get("format") == FORMAT):
         raise CareError(f"release.out {out}: exists and is not a release package this tool wrote; refusing to "
                         "replace it (move it away or set release.out to another path)")
+
+
+def check_outputs(out: Outputs) -> None:
+    """Refuse, before any work, output paths a run would have to destroy: a metrics file that is not a regular
+    file, a plots folder that holds more than plot data."""
+    from care.evaluation.plots import DIMENSIONS, PNG_NAME
+    from care.fsutil import refuse_non_regular
+
+    for name in ("folds.json", "cv.json", "cv_detail.json", "gate.json", "predictions.jsonl"):
+        refuse_non_regular(out.metrics / name)
+    refuse_non_regular(out.plots / PNG_NAME)
+    dims = out.plots / DIMENSIONS
+    if os.path.lexists(dims):
+        ok = dims.is_dir() and not dims.is_symlink()
+        if ok:
+            with os.scandir(dims) as it:
+                ok = all(e.is_file(follow_symlinks=False) and e.name.endswith(".json") for e in it)
+        if not ok:
+            raise CareError(f"{dims}: exists and holds more than the plot data this tool writes there; refusing to "
+                            "replace it (move it away or choose another --plots-dir)")
 
 
 def install_release(package_dir: str | Path, out: str | Path) -> Path:

@@ -65,6 +65,7 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
     from care.model.presets import load_tokenizer
     from care.evaluation.intervals import summary as interval_summary
     from care.release import build_package, check_parity, export_onnx, merge_adapter
+    from care.release.signing import sign_if_configured
     from care.run.data import load_data
     from care.run.fits import ADAPTER, builder
 
@@ -121,6 +122,7 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
         }
         build_package(package, work / "onnx", None, resolved_instrument(instrument, work / "instrument.yaml"), metadata,
                       calibration=(cv.get("intervals") or {}).get("calibration"))
+        sign_if_configured(package)  # CARE_SIGNING_KEY: the package the next step registers carries manifest.sig
     finally:
         for name in ("merged", "onnx"):
             shutil.rmtree(work / name, ignore_errors=True)

@@ -126,10 +126,12 @@ class ImportResult:
 
 def _records(path: Path) -> tuple[str, list[Any]]:
     """(format name, records) of one corpus file; CareError for a file that is neither format."""
+    from care.data.reader import read_limited
+
     if not path.is_file():
         raise CareError(f"{path}: no such file")
     try:
-        text = path.read_text("utf-8")
+        text = read_limited(path).decode("utf-8")  # refused from its size first (data.limits defaults)
     except UnicodeDecodeError:
         raise CareError(f"{path}: not UTF-8") from None
     text = text.lstrip("\ufeff")
@@ -279,10 +281,13 @@ def import_esconv(paths: list[str | Path]) -> ImportResult:
 def write_import(paths: list[str | Path], out: str | Path) -> dict:
     """Import ``paths`` and write ``out/sessions.jsonl`` and ``out/import.json`` (each atomically).
 
-    Returns the report. Raises CareError when no dialog could be imported (nothing is written then).
+    Returns the report. Raises CareError when no dialog could be imported (nothing is written then). `out` must
+    be absent, empty or an earlier import (its import.json says so): checked before anything is read.
     """
-    from care.fsutil import atomic_write_json, atomic_write_lines
+    from care.fsutil import atomic_write_json, atomic_write_lines, check_output_dir
 
+    check_output_dir(out, "import.json", lambda doc: isinstance(doc, dict) and doc.get("instrument") == INSTRUMENT
+                     and str(doc.get("corpus", "")).startswith("ESConv"), "`care import esconv`")
     result = import_esconv(paths)
     report = result.report()
     if not result.sessions:

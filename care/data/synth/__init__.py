@@ -23,6 +23,7 @@ from care.data.synth.dialogue import SessionWriter, Stream
 from care.data.synth.model import DIMENSIONS, GenParams, draw
 
 GENERATOR = "care.data.synth"
+OWN_CARDS = (GENERATOR, "care.synth")  # the generator's names, old and new, as card.json records them
 VERSION = "1.0.0"
 LANGUAGES = {"zh": phrases_zh, "en": phrases_en}
 LENGTH_SD = 0.2  # log-normal spread of the number of utterances around mean_utterances
@@ -154,9 +155,13 @@ def _produce(emit, n_sessions: int, n_clients: int | None, language: str, seed: 
 
 def write_corpus(out: str | Path, n_sessions: int = 400, n_clients: int | None = None, language: str = "zh",
                  seed: int = 0, mean_utterances: int = 24) -> dict:
-    """Write ``out/sessions.jsonl`` and ``out/card.json`` (each atomically); return the card."""
-    from care.fsutil import atomic_write_bytes, atomic_write_json
+    """Write ``out/sessions.jsonl`` and ``out/card.json`` (each atomically); return the card.
 
+    `out` must be absent, empty or a corpus this generator wrote (its card.json says so): checked first."""
+    from care.fsutil import atomic_write_bytes, atomic_write_json, check_output_dir
+
+    check_output_dir(out, "card.json", lambda card: isinstance(card, dict) and card.get("generator") in OWN_CARDS,
+                     "`care synth`")
     lines: list[bytes] = []
     card = _produce(lambda s: lines.append(s.to_json().encode("utf-8")), n_sessions, n_clients, language, seed,
                     mean_utterances, None)
