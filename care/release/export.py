@@ -1,10 +1,13 @@
 """ONNX export of a merged model (Optimum) and the ONNX Runtime vs PyTorch parity check.
 
-`export_onnx` runs `optimum.exporters.onnx.main_export` with task "text-generation-with-past" (passing the
-task keeps it offline: "auto" asks the hub), fp32 on CPU, fp16 on CUDA; models over 2 GB get external data
-files (Optimum writes `model.onnx_data`). The graph is then cut so the LM head runs at the last position
-only: scoring reads logits only there, and for a small model the head over a whole transcript costs as much
-as the layers. `check_parity` compares ONNX Runtime (the package's scoring path, with the shared transcript
+`export_onnx` loads the merged model with eager attention and exports it with Optimum
+(`onnx_export_from_model`, task "text-generation-with-past"; loading it ourselves keeps it offline), fp32 on
+CPU, fp16 on CUDA; models over 2 GB get external data files (Optimum writes `model.onnx_data`). Eager
+attention, not SDPA: the traced SDPA graph rebuilds a boolean mask and NaN guards (Where, IsNaN) over every
+(query, key) pair in every layer, which made ONNX Runtime's passes about twice as slow on CPU; the eager
+graph builds the additive mask once per pass. The graph is then cut so the LM head runs at the last
+position only: scoring reads logits only there, and for a small model the head over a whole transcript
+costs as much as the layers. `check_parity` compares ONNX Runtime (the package's scoring path, with the shared transcript
 cache) with PyTorch (each item's full prompt) on held sessions and fails by how much when over threshold.
 """
 
@@ -70,15 +73,23 @@ def export_onnx(merged_dir: str | Path, out_dir: str | Path, device: str = "cpu"
     if not any(Path(merged_dir).glob("model*.safetensors")):  # no pickled .bin fallback
         raise CareError(f"{merged_dir}: no model*.safetensors (only safetensors weights are loaded)")
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    from optimum.exporters.onnx import main_export
+    import torch
+    from optimum.exporters.onnx import onnx_export_from_model
+    from optimum.utils.save_utils import maybe_load_preprocessors
+    from transformers import AutoModelForCausalLM
 
     dtype = "fp16" if device == "cuda" else "fp32"
     if optimize == "auto":
         optimize = "O2" if device == "cpu" else None
     with atomic_dir(out_dir) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shapes the exporter handles itself
-        main_export(str(merged_dir), output=str(tmp), task="text-generation-with-past", device=device, dtype=dtype,
-                    optimize=optimize, do_validation=False, local_files_only=True, library_name="transformers")
+        model = AutoModelForCausalLM.from_pretrained(
+            str(merged_dir), dtype=torch.float16 if dtype == "fp16" else torch.float32, attn_implementation="eager",
+            use_safetensors=True, local_files_only=True).to(device).eval()
+        model.config.use_cache = True
+        onnx_export_from_model(model, str(tmp), task="text-generation-with-past", device=device, optimize=optimize,
+                               do_validation=False, preprocessors=maybe_load_preprocessors(str(merged_dir)))
+        del model
         if not (tmp / MODEL_FILE).is_file():
             raise CareError(f"export of {merged_dir} wrote no {MODEL_FILE}")
         if last_logits_only:
@@ -87,7 +98,7 @@ def export_onnx(merged_dir: str | Path, out_dir: str | Path, device: str = "cpu"
     size = sum((Path(out_dir) / f).stat().st_size for f in files if f.startswith("model.onnx"))
     return {"dtype": dtype, "device": device, "optimize": optimize, "files": files, "onnx_bytes": size,
             "external_data": any(f != MODEL_FILE and f.startswith("model.onnx") for f in files),
-            "logits": "last_position" if last_logits_only else "all_positions"}
+            "logits": "last_position" if last_logits_only else "all_positions", "attention": "eager"}
 
 
 def _torch_answer_logits(model, prompts: list[list[int]], device):
