@@ -56,7 +56,8 @@ def test_output_schema_determinism_no_transcript(rel, inputs, run_cli, tmp_path)
 
 
 def test_stdout_and_rationales(rel, inputs, run_cli):
-    result = run_cli("score", "--model", rel["package"], inputs, "--rationales", "--max-new-tokens", "6")
+    result = run_cli("score", "--model", rel["package"], inputs, "--rationales", "--max-new-tokens", "6",
+                     "--session-batch", "2")
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 3 and all(isinstance(i["rationale"], str) for r in records for i in r["items"].values())
