@@ -105,8 +105,12 @@ def fuse_attention(model_path: str | Path, num_heads: int) -> int:
         mul = producer.get(add.input[0]) if add is not None and add.op_type == "Add" else None
         mm = producer.get(mul.input[0]) if mul is not None and mul.op_type in ("Mul", "Div") else None
         kt = producer.get(mm.input[1]) if mm is not None and mm.op_type == "MatMul" else None
-        out = consumers.get(sm.output[0], [])
-        pv = out[0] if len(out) == 1 and out[0].op_type == "MatMul" and out[0].input[0] == sm.output[0] else None
+        probs, casts = sm.output[0], []
+        while len(consumers.get(probs, [])) == 1 and _is_float_noop(consumers[probs][0]):  # unoptimised graph
+            casts.append(consumers[probs][0])
+            probs = casts[-1].output[0]
+        out = consumers.get(probs, [])
+        pv = out[0] if len(out) == 1 and out[0].op_type == "MatMul" and out[0].input[0] == probs else None
         after = consumers.get(pv.output[0], []) if pv is not None else []
         tr = after[0] if len(after) == 1 and after[0].op_type == "Transpose" else None
         factor = scalar(mul.input[1]) if mul is not None else None
@@ -126,7 +130,7 @@ def fuse_attention(model_path: str | Path, num_heads: int) -> int:
             # output (batch, seq, heads x dim) under the Transpose's name: its only consumer reshapes to that
             helper.make_node("MultiHeadAttention", [f"{name}_q", kt.input[0], pv.input[1], "", "", mask], [tr.output[0]],
                              domain="com.microsoft", num_heads=int(num_heads), scale=float(scale), name=name)]))
-        dead += [kt, mm, mul, add, sm, pv, tr]
+        dead += [kt, mm, mul, add, sm, *casts, pv, tr]
     if not new_nodes:
         raise CareError(f"{model_path}: no attention block found to fuse")
     graph.initializer.append(helper.make_tensor("care_mha_bsd", onnx.TensorProto.INT64, [3], [0, 0, -1]))
@@ -155,7 +159,8 @@ def export_onnx(merged_dir: str | Path, out_dir: str | Path, device: str = "cpu"
     """Export `merged_dir` to `out_dir` (model.onnx [+ model.onnx_data] + tokenizer files), atomically.
 
     `optimize` is Optimum's ONNX Runtime optimization level ("O1"/"O2"; None: none). "auto" = "O2" on CPU
-    (fused RMSNorm etc., about 10% faster, same logits) and none on CUDA.
+    (fused RMSNorm etc., about 10% faster, same logits) for the architectures Optimum's optimizer knows (llama,
+    not qwen2), else none; none on CUDA.
     """
     if device not in ("cpu", "cuda"):
         raise CareError(f"unknown export device {device!r} (cpu or cuda)")
@@ -168,8 +173,8 @@ def export_onnx(merged_dir: str | Path, out_dir: str | Path, device: str = "cpu"
     from transformers import AutoModelForCausalLM
 
     dtype = "fp16" if device == "cuda" else "fp32"
-    if optimize == "auto":
-        optimize = "O2" if device == "cpu" else None
+    if optimize == "auto":  # Optimum's ORT optimizer knows some architectures only (llama yes, qwen2 no)
+        optimize = "O2" if device == "cpu" and _ort_optimizable(merged_dir) else None
     with atomic_dir(out_dir) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shapes the exporter handles itself
         model = AutoModelForCausalLM.from_pretrained(
@@ -190,6 +195,28 @@ def export_onnx(merged_dir: str | Path, out_dir: str | Path, device: str = "cpu"
     return {"dtype": dtype, "device": device, "optimize": optimize, "files": files, "onnx_bytes": size,
             "external_data": any(f != MODEL_FILE and f.startswith("model.onnx") for f in files),
             "logits": "last_position" if last_logits_only else "all_positions", "attention": f"MultiHeadAttention x{fused}" if fused else "eager"}
+
+
+def _is_float_noop(node) -> bool:
+    """A Cast to float32 or an Identity: what a float32 graph carries from `softmax(dtype=float32).to(dtype)`."""
+    from onnx import TensorProto
+
+    if node.op_type == "Identity":
+        return True
+    return node.op_type == "Cast" and any(a.name == "to" and a.i == TensorProto.FLOAT for a in node.attribute)
+
+
+def _ort_optimizable(model_dir: str | Path) -> bool:
+    import json
+
+    from optimum.onnxruntime.utils import ORTConfigManager
+
+    model_type = json.loads((Path(model_dir) / "config.json").read_text("utf-8")).get("model_type")
+    try:
+        ORTConfigManager.check_optimization_supported_model(model_type, None)
+    except NotImplementedError:
+        return False
+    return True
 
 
 def _torch_answer_logits(model, prompts: list[list[int]], device):
