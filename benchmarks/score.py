@@ -175,13 +175,15 @@ def main() -> None:
     # Interleaved rounds (rotating order) so that load from other processes hits the three paths alike.
     results = {k: [] for k in runs}
     seconds = {k: 0.0 for k in runs}
+    cpu = {k: 0.0 for k in runs}  # CPU time of this process (all its threads): the work, whatever the load
     order = list(runs)
     for r, start in enumerate(range(0, n, args.round)):
         chunk = sessions[start : start + args.round]
         for k in order[r % 3 :] + order[: r % 3]:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             results[k] += runs[k](chunk)
             seconds[k] += time.perf_counter() - t
+            cpu[k] += time.process_time() - c
     load_end = os.getloadavg()[0]
     for proc in busy:
         proc.terminate()
@@ -189,7 +191,8 @@ def main() -> None:
     names = {"a": "naive torch generate per item", "b": "torch shared transcript cache",
              "c": "onnx runtime (care score path)"}
     for k in runs:
-        print(f"({k}) {names[k]:<32}: {n / seconds[k]:7.2f} sessions/s {ms[k]:8.1f} ms/session")
+        print(f"({k}) {names[k]:<32}: {n / seconds[k]:7.2f} sessions/s {ms[k]:8.1f} ms/session "
+              f"(CPU time {1000 * cpu[k] / n:6.1f} ms/session)")
     a, b, c = results["a"], results["b"], results["c"]
     ma, mb, mc = ms["a"], ms["b"], ms["c"]
 
