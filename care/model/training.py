@@ -10,8 +10,11 @@ The loss is the mean cross-entropy over target tokens only (`care.model.loss`, t
 position, and logits are computed only at the positions that predict a target token (the LM head over the
 whole transcript would cost as much as the layers).
 
-Runs under `accelerate` (bf16 mixed precision on CUDA, none on CPU; `accelerate launch` for several
-GPUs). On CPU the same seed and data give bit-identical weights. Outputs are safetensors only.
+Runs under `accelerate` (bf16 mixed precision on CUDA, none on CPU). In several processes
+(`train.num_processes`, launched by `care.model.launch`) a step holds the same micro-batches as in one
+(rounded up to a multiple of the process count), each process runs its share and DDP sums the gradients;
+the loss is divided by the whole step's weight, so the sum is the step's mean. On CPU the same seed and
+data give bit-identical weights. Outputs are safetensors only.
 """
 
 from __future__ import annotations
@@ -251,7 +254,7 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
             micro_per_epoch = sum(math.ceil(n / tp.batch_size) for n in sizes.values())
         else:
             micro_per_epoch = math.ceil(len(examples) / tp.batch_size)
-        per_step = tp.grad_accum * procs
+        per_step = procs * math.ceil(tp.grad_accum / procs)
     steps_per_epoch = max(1, math.ceil(micro_per_epoch / per_step))
     total_steps = tp.max_steps if tp.max_steps else max(1, math.ceil(tp.epochs * steps_per_epoch))
     plan_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -312,6 +315,8 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
             accelerator.backward(loss)
             step_loss += float(loss.detach())
         target_tokens += step_targets
+        if procs > 1:  # each process holds procs x its share over the step's weight: the mean of the sums is the step's
+            step_loss = _summed(accelerator, step_loss) / procs
         if tp.max_grad_norm and tp.max_grad_norm > 0:
             accelerator.clip_grad_norm_(trainable, tp.max_grad_norm)
         optimizer.step()
@@ -321,6 +326,8 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
         bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
     bar.close()
     wall = time.perf_counter() - started
+    if procs > 1:  # counts over all processes
+        train_tokens, target_tokens = int(_summed(accelerator, train_tokens)), int(_summed(accelerator, target_tokens))
 
     tail = losses[-max(1, len(losses) // 10):]
     stats = {
@@ -363,6 +370,13 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
             (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n", "utf-8")
     accelerator.wait_for_everyone()
     return stats
+
+
+def _summed(accelerator, value: float) -> float:
+    import torch
+
+    return float(accelerator.reduce(torch.tensor(float(value), dtype=torch.float64, device=accelerator.device),
+                                    reduction="sum"))
 
 
 def load_finetuned(base_dir: str | Path, adapter_or_model_dir: str | Path, device="cpu"):
