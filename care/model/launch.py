@@ -44,8 +44,9 @@ def run_finetune(base_dir: str | Path, examples: list[Example], params: Params |
         raise CareError(f"train.num_processes={n} but only {torch.cuda.device_count()} GPU(s) are visible")
     with tempfile.TemporaryDirectory(prefix="care-launch-") as tmp:  # mode 0700: token ids are the transcripts
         work = Path(tmp)
-        (work / SPEC).write_text(json.dumps({"base_dir": str(base_dir), "out_dir": str(Path(out_dir).resolve()),
-                                             "desc": desc, "params": params.model_dump(mode="json", include=_FIT)}), "utf-8")
+        spec = {"base_dir": str(base_dir), "out_dir": str(Path(out_dir).resolve()), "desc": desc,
+                "params": params.model_dump(mode="json", include=_FIT)}
+        (work / SPEC).write_text(json.dumps(spec), "utf-8")
         with open(work / EXAMPLES, "w", encoding="utf-8") as f:
             for e in examples:
                 f.write(json.dumps({"session_id": e.session_id, "item_id": e.item_id, "input_ids": e.input_ids,

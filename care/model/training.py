@@ -287,6 +287,7 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
 
     losses: list[float] = []
     train_tokens = target_tokens = 0
+    first_step_s, first_step_tokens = 0.0, 0  # the first step carries the warm-up (kernels, allocator)
     started = time.perf_counter()
     bar = tqdm(range(total_steps), desc=desc or "fine-tune", disable=not accelerator.is_local_main_process,
                leave=False, mininterval=1.0)
@@ -324,10 +325,14 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
         bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
+        if step == 0:
+            first_step_s, first_step_tokens = time.perf_counter() - started, train_tokens
     bar.close()
     wall = time.perf_counter() - started
     if procs > 1:  # counts over all processes
         train_tokens, target_tokens = int(_summed(accelerator, train_tokens)), int(_summed(accelerator, target_tokens))
+        first_step_tokens = int(_summed(accelerator, first_step_tokens))
+    later_s = wall - first_step_s
 
     tail = losses[-max(1, len(losses) // 10):]
     stats = {
@@ -348,6 +353,9 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
         "train_tokens": train_tokens,
         "target_tokens": target_tokens,
         "tokens_per_s": round(train_tokens / wall, 1) if wall > 0 else None,
+        "first_step_s": round(first_step_s, 3),
+        "tokens_per_s_after_first": (round((train_tokens - first_step_tokens) / later_s, 1)
+                                     if total_steps > 1 and later_s > 0 else None),
         "wall_s": round(wall, 2),
         "seed": tp.seed,
         "score_weight": sw,

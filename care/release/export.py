@@ -9,8 +9,9 @@ graph builds the additive mask once per pass. The graph is then cut so the LM he
 position only: scoring reads logits only there, and for a small model the head over a whole transcript
 costs as much as the layers. In fp32 (the CPU export) each layer's attention then becomes one ONNX Runtime
 `MultiHeadAttention` node (`fuse_attention`: about 15% less time on CPU, the same numbers); fp16 keeps the
-eager nodes, which every provider runs. `check_parity` compares ONNX Runtime (the package's scoring path, with the shared transcript
-cache) with PyTorch (each item's full prompt) on held sessions and fails by how much when over threshold.
+eager nodes, which every provider runs. `check_parity` compares ONNX Runtime (the package's scoring path,
+with the shared transcript cache) with PyTorch (each item's full prompt) on held sessions and fails by how
+much when over threshold.
 """
 
 from __future__ import annotations
@@ -128,8 +129,9 @@ def fuse_attention(model_path: str | Path, num_heads: int) -> int:
             helper.make_node("Transpose", [mm.input[0]], [f"{name}_qt"], perm=[0, 2, 1, 3], name=f"{name}_qt"),
             helper.make_node("Reshape", [f"{name}_qt", "care_mha_bsd"], [f"{name}_q"], name=f"{name}_q"),
             # output (batch, seq, heads x dim) under the Transpose's name: its only consumer reshapes to that
-            helper.make_node("MultiHeadAttention", [f"{name}_q", kt.input[0], pv.input[1], "", "", mask], [tr.output[0]],
-                             domain="com.microsoft", num_heads=int(num_heads), scale=float(scale), name=name)]))
+            helper.make_node("MultiHeadAttention", [f"{name}_q", kt.input[0], pv.input[1], "", "", mask],
+                             [tr.output[0]], domain="com.microsoft", num_heads=int(num_heads), scale=float(scale),
+                             name=name)]))
         dead += [kt, mm, mul, add, sm, *casts, pv, tr]
     if not new_nodes:
         raise CareError(f"{model_path}: no attention block found to fuse")
@@ -155,8 +157,11 @@ def fuse_attention(model_path: str | Path, num_heads: int) -> int:
 
 
 def export_onnx(merged_dir: str | Path, out_dir: str | Path, device: str = "cpu", last_logits_only: bool = True,
-                optimize: str | None = "auto") -> dict[str, Any]:
+                optimize: str | None = "auto", dtype: str | None = None) -> dict[str, Any]:
     """Export `merged_dir` to `out_dir` (model.onnx [+ model.onnx_data] + tokenizer files), atomically.
+
+    `dtype` "fp32" or "fp16"; None: fp16 on CUDA, fp32 on CPU (an fp16 export on CPU is what a CPU-only
+    machine can check of the GPU export: benchmarks/gpu_pipeline.py --shape tiny).
 
     `optimize` is Optimum's ONNX Runtime optimization level ("O1"/"O2"; None: none). "auto" = "O2" on CPU
     (fused RMSNorm etc., about 10% faster, same logits) for the architectures Optimum's optimizer knows (llama,
@@ -172,9 +177,11 @@ def export_onnx(merged_dir: str | Path, out_dir: str | Path, device: str = "cpu"
     from optimum.utils.save_utils import maybe_load_preprocessors
     from transformers import AutoModelForCausalLM
 
-    dtype = "fp16" if device == "cuda" else "fp32"
+    dtype = dtype or ("fp16" if device == "cuda" else "fp32")
+    if dtype not in ("fp16", "fp32"):
+        raise CareError(f"unknown export dtype {dtype!r} (fp16 or fp32)")
     if optimize == "auto":  # Optimum's ORT optimizer knows some architectures only (llama yes, qwen2 no)
-        optimize = "O2" if device == "cpu" and _ort_optimizable(merged_dir) else None
+        optimize = "O2" if device == "cpu" and dtype == "fp32" and _ort_optimizable(merged_dir) else None
     with atomic_dir(out_dir) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shapes the exporter handles itself
         model = AutoModelForCausalLM.from_pretrained(
