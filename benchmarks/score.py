@@ -73,38 +73,6 @@ def _package(base: Path, work: Path, max_length: int, reserve: int) -> Path:
     return pkg
 
 
-def _naive(model, tok, builder, sessions):
-    """(expected, greedy) per item from one `generate` call per item on the full prompt: the expected score from
-    the first step's logits, the greedy score parsed from the generated text (up to 1 + FALLBACK_TOKENS
-    tokens, as care.evaluation.readout reads it)."""
-    import torch
-
-    from care.evaluation.readout import FALLBACK_TOKENS, parse_score
-
-    digits = torch.tensor(builder.digit_ids)
-    points = torch.tensor(builder.instrument.scale.points, dtype=torch.float64)
-    out = []
-    with torch.inference_mode():
-        for s in sessions:
-            enc = builder.encode(s)
-            row = {}
-            for item in builder.instrument.item_ids:
-                ids = torch.tensor([enc.prefix + enc.items[item]])
-                gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1 + FALLBACK_TOKENS,
-                                     do_sample=False, output_logits=True, return_dict_in_generate=True,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-                p = torch.softmax(gen.logits[0][0, digits].double(), -1)
-                first = int(gen.sequences[0, ids.shape[1]])
-                if first in builder.digit_ids:
-                    greedy = builder.instrument.scale.points[builder.digit_ids.index(first)]
-                else:
-                    greedy = parse_score(tok.decode(gen.sequences[0, ids.shape[1]:], skip_special_tokens=True),
-                                         builder.instrument.scale.points)
-                row[item] = (float(p @ points), greedy)
-            out.append(row)
-    return out
-
-
 def _spin() -> None:  # a busy process: the load another user puts on the cores
     while True:
         pass
@@ -137,6 +105,7 @@ def main() -> None:
     from care.model.prompts import PromptBuilder
     from care.evaluation.torch_scoring import score_sessions as torch_score
     from care.data.synth import generate
+    from naive_generate import naive_scores
 
     threads = default_threads()
     torch.set_num_threads(threads)
@@ -157,7 +126,7 @@ def main() -> None:
           f"truncated {sum(e.truncated for e in encs)}")
 
     warm = sessions[:2]  # warm-up (allocators, ORT graph) outside the timings
-    _naive(model, tok, builder, warm[:1])
+    naive_scores(model, tok, builder, warm[:1])
     torch_score(model, tok, builder, warm, batch_size=args.batch_size, progress=False)
     ort_score(pkg, warm, batch_size=args.batch_size, progress=False, session_batch=args.session_batch)
     busy = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.busy)]
@@ -166,7 +135,7 @@ def main() -> None:
     load_start = os.getloadavg()[0]
 
     runs = {
-        "a": lambda chunk: _naive(model, tok, builder, chunk),
+        "a": lambda chunk: naive_scores(model, tok, builder, chunk),
         "b": lambda chunk: torch_score(model, tok, builder, chunk, batch_size=args.batch_size, shared_cache=True,
                                        progress=False),
         "c": lambda chunk: ort_score(pkg, chunk, batch_size=args.batch_size, progress=False,

@@ -346,6 +346,8 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
         "batch_size": tp.batch_size,
         "grad_accum": tp.grad_accum,
         "processes": procs,
+        "mixed_precision": accelerator.mixed_precision,
+        "gradient_checkpointing": checkpointing,
         "trainable_parameters": n_trainable,
         "final_loss": round(sum(tail) / len(tail), 5),
         "mean_loss": round(sum(losses) / len(losses), 5),

@@ -236,10 +236,12 @@ def _torch_answer_logits(model, prompts: list[list[int]], device):
 
 def check_parity(merged_dir: str | Path, onnx_dir: str | Path, sessions: list[Session], instrument: Instrument, *,
                  max_length: int, reserve: int, max_logit_diff: float, max_score_diff: float,
-                 prompt_date: date, device: str = "cpu", batch_size: int = 16) -> dict[str, Any]:
+                 prompt_date: date, device: str = "cpu", batch_size: int = 16,
+                 torch_device: str | None = None) -> dict[str, Any]:
     """Max |logit| and |expected score| differences, ONNX Runtime (shared cache) vs PyTorch (full prompts).
 
     Also checks that the package tokenizer (tokenizers + jinja2) gives the same prompt ids as transformers.
+    `device` runs ONNX Runtime; PyTorch (float32) runs on `torch_device` (default: the same).
     """
     import numpy as np
     import torch
@@ -254,7 +256,7 @@ def check_parity(merged_dir: str | Path, onnx_dir: str | Path, sessions: list[Se
     pkg = open_model_dir(onnx_dir, instrument, max_length, reserve, device=device, prompt_date=prompt_date)
     hf_builder = PromptBuilder(AutoTokenizer.from_pretrained(str(merged_dir)), instrument, max_length, reserve,
                                prompt_date)
-    tdev = torch.device("cuda" if device == "cuda" else "cpu")
+    tdev = torch.device(torch_device or ("cuda" if device == "cuda" else "cpu"))
     model = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32, use_safetensors=True).to(tdev).eval()
     points = np.asarray(instrument.scale.points, dtype=np.float64)
 
@@ -273,7 +275,8 @@ def check_parity(merged_dir: str | Path, onnx_dir: str | Path, sessions: list[Se
         score_diff = max(score_diff, float(np.abs(expected(ort_logits) - expected(pt_logits)).max()))
         n_items += len(items)
     result = {"max_logit_diff": logit_diff, "max_score_diff": score_diff, "n_sessions": len(sessions),
-              "n_items": n_items, "device": device, "providers": pkg.lm.session.get_providers()}
+              "n_items": n_items, "device": device, "torch_device": str(tdev),
+              "providers": pkg.lm.session.get_providers()}
     over = []
     if not logit_diff <= max_logit_diff:
         over.append(f"max next-token logit difference {logit_diff:.3g} > {max_logit_diff:.3g}")
