@@ -184,9 +184,10 @@ def export_onnx(merged_dir: str | Path, out_dir: str | Path, device: str = "cpu"
         optimize = "O2" if device == "cpu" and dtype == "fp32" and _ort_optimizable(merged_dir) else None
     with atomic_dir(out_dir) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shapes the exporter handles itself
-        model = AutoModelForCausalLM.from_pretrained(
-            str(merged_dir), dtype=torch.float16 if dtype == "fp16" else torch.float32, attn_implementation="eager",
-            use_safetensors=True, local_files_only=True).to(device).eval()
+        torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(str(merged_dir), use_safetensors=True, dtype=torch_dtype,
+                                                     attn_implementation="eager", local_files_only=True)
+        model = model.to(device).eval()
         model.config.use_cache = True
         heads = model.config.get_text_config().num_attention_heads
         onnx_export_from_model(model, str(tmp), task="text-generation-with-past", device=device, optimize=optimize,
