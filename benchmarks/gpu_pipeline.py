@@ -46,8 +46,8 @@ STAGES = ("init", "train", "score", "merge", "export", "parity")
 NEEDS = {"train": "init", "score": "init", "merge": "train", "export": "merge", "parity": "export"}
 # Rough seconds per stage on an H200 (merge runs on the CPU in float32; export and merge write the weights);
 # a first run's JSON gives the real ones.
-ESTIMATE_S = {"8b": {"init": 90, "train": 150, "score": 120, "merge": 180, "export": 240, "parity": 150},
-              "1b": {"init": 20, "train": 45, "score": 45, "merge": 40, "export": 60, "parity": 40},
+ESTIMATE_S = {"8b": {"init": 60, "train": 90, "score": 60, "merge": 180, "export": 180, "parity": 180},
+              "1b": {"init": 15, "train": 30, "score": 30, "merge": 40, "export": 50, "parity": 40},
               "tiny": {stage: 5 for stage in STAGES}}
 # per shape: optimizer steps (2 sessions each), sessions scored per item / with the shared cache, parity
 # sessions' utterances (short: ONNX Runtime may run the fp16 model on the CPU)
