@@ -104,8 +104,9 @@ class Run:
         if need and stages.get(need, {}).get("status") != "done":
             stages[name] = {"status": "skipped", "reason": f"needs {need}, which did not run"}
         elif self.elapsed() + ESTIMATE_S[self.args.shape][name] > self.args.deadline_s:
+            left = self.args.deadline_s - self.elapsed()
             stages[name] = {"status": "skipped", "reason": f"would not finish before the deadline (about "
-                            f"{ESTIMATE_S[self.args.shape][name]} s, {self.args.deadline_s - self.elapsed():.0f} s left)"}
+                            f"{ESTIMATE_S[self.args.shape][name]} s, {left:.0f} s left)"}
         elif disk_bytes and shutil.disk_usage(self.args.work).free < 1.1 * disk_bytes:
             free = shutil.disk_usage(self.args.work).free
             stages[name] = {"status": "skipped", "reason": f"needs about {disk_bytes / 2**30:.1f} GiB of disk, "
@@ -266,8 +267,8 @@ def _pipeline(run: Run, args) -> int:
         run.log(run.figures["error"])
         return 2
     if tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= TRANSFORMERS_BELOW:
-        run.figures["error"] = (f"transformers {transformers.__version__}: the pinned stack needs <4.58 (optimum-onnx); "
-                                "carry the wheels (docs/gpu.md)")
+        run.figures["error"] = (f"transformers {transformers.__version__}: the pinned stack needs <4.58 "
+                                "(optimum-onnx); carry the wheels (docs/gpu.md)")
         run.save()
         run.log(run.figures["error"])
         return 2

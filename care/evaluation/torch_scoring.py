@@ -2,8 +2,8 @@
 
 The backend runs the decoder body and computes the LM head only at the last position (in float32, with the
 model's final logit soft-capping). For a batch of item suffixes the transcript prefix's key/value cache is
-broadcast over the rows without copying it (rows of several sessions are gathered on the device). The shared cache is several times faster than each item's
-full prompt on its own (benchmarks/score_torch.py).
+broadcast over the rows without copying it (rows of several sessions are gathered on the device). The
+shared cache is several times faster than each item's full prompt on its own (benchmarks/score_torch.py).
 """
 
 from __future__ import annotations

@@ -202,7 +202,8 @@ def export_onnx(merged_dir: str | Path, out_dir: str | Path, device: str = "cpu"
     size = sum((Path(out_dir) / f).stat().st_size for f in files if f.startswith("model.onnx"))
     return {"dtype": dtype, "device": device, "optimize": optimize, "files": files, "onnx_bytes": size,
             "external_data": any(f != MODEL_FILE and f.startswith("model.onnx") for f in files),
-            "logits": "last_position" if last_logits_only else "all_positions", "attention": f"MultiHeadAttention x{fused}" if fused else "eager"}
+            "logits": "last_position" if last_logits_only else "all_positions",
+            "attention": f"MultiHeadAttention x{fused}" if fused else "eager"}
 
 
 def _is_float_noop(node) -> bool:

@@ -144,8 +144,8 @@ class OnnxLM:
     The key/values stay where the model runs: every pass binds the previous pass's `present.*` OrtValues as its
     `past_key_values.*` inputs and binds its own `present.*` outputs to the device, so they never visit the host
     (on CPU nothing is copied to numpy either). Only the small inputs go in from the host and only the last
-    position's logits come back. `select` gathers prefix rows for an item batch on the device with a one-node
-    graph per past tensor (ONNX `Gather`), so a session's transcript is never copied through the host.
+    position's logits come back. `select` gathers prefix rows for an item batch on the device (a small graph
+    of one ONNX `Gather` per past tensor), so a session's transcript is never copied through the host.
 
     `model` is a path to `model.onnx` or its bytes (then `external_data_dir` holds its external data file, if
     any). `spinning=False` turns off ONNX Runtime's busy-waiting worker threads: on a shared machine spinning
@@ -171,10 +171,12 @@ class OnnxLM:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
         if isinstance(model, bytes) and external_data_dir is not None:
-            opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_data_dir))
+            opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                          str(external_data_dir))
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         name = "the model bytes" if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts, providers=providers)
+        self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                            providers=providers)
         if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise CareError("--device cuda: ONNX Runtime fell back to CPU (CUDA libraries missing or unusable); "
                             "refusing to run on CPU silently; use --device cpu")
@@ -188,7 +190,8 @@ class OnnxLM:
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
         self.device = device
         self._ort = ort
-        self._gather = ort.InferenceSession(_gather_graph(len(self.past_names), self.kv_dtype), opts, providers=providers)
+        self._gather = ort.InferenceSession(_gather_graph(len(self.past_names), self.kv_dtype), opts,
+                                            providers=providers)
 
     def empty_past(self, batch: int) -> list:
         """The past of no tokens: zero-length OrtValues on the device."""
