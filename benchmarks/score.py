@@ -26,8 +26,10 @@ both cores busy" case: `--busy 2` on a 2-core machine).
 from __future__ import annotations
 
 import argparse
+import atexit
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,6 +94,8 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="care-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.work is None:  # the export, the package and the sessions' copy go with the run
+        atexit.register(shutil.rmtree, work, True)
 
     import numpy as np
     import torch
