@@ -9,16 +9,27 @@ synthetic sessions of CounselingWAI length (default 100 sessions of about 78 utt
   (c) the `care score` path: the exported, packaged model on ONNX Runtime with the shared cache
       (care.release.onnx_runtime.score_sessions in-process; the CLI is also timed once, start-up included).
 
-Checks that the expected scores of (a), (b), (c) agree within 1e-3. The last line is
-`speedup: onnx_vs_naive=X.Xx onnx_vs_torch_shared=Y.Yx`.
+Checks that the expected scores of (a), (b), (c) agree within 1e-3. The three paths run in interleaved
+rounds, so load from other processes hits them alike: compare the ratios of one run, not milliseconds across
+runs. The last lines are the two ratios, then the load while it ran:
 
-    python benchmarks/score.py [--sessions 100] [--utterances 78] [--random] [--work DIR]
+    onnx_vs_torch_shared=Y.YYx
+    onnx_vs_naive=X.Xx
+    load: 1-min load average A at the start, B at the end, on N cores (K busy processes of this benchmark)
+
+`--busy K` starts K processes that keep a core busy each for the whole timing (the "another process keeps
+both cores busy" case: `--busy 2` on a 2-core machine).
+
+    python benchmarks/score.py [--sessions 100] [--utterances 78] [--random] [--work DIR] [--busy K]
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,36 +75,9 @@ def _package(base: Path, work: Path, max_length: int, reserve: int) -> Path:
     return pkg
 
 
-def _naive(model, tok, builder, sessions):
-    """(expected, greedy) per item from one `generate` call per item on the full prompt: the expected score from
-    the first step's logits, the greedy score parsed from the generated text (up to 1 + FALLBACK_TOKENS
-    tokens, as care.evaluation.readout reads it)."""
-    import torch
-
-    from care.evaluation.readout import FALLBACK_TOKENS, parse_score
-
-    digits = torch.tensor(builder.digit_ids)
-    points = torch.tensor(builder.instrument.scale.points, dtype=torch.float64)
-    out = []
-    with torch.inference_mode():
-        for s in sessions:
-            enc = builder.encode(s)
-            row = {}
-            for item in builder.instrument.item_ids:
-                ids = torch.tensor([enc.prefix + enc.items[item]])
-                gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1 + FALLBACK_TOKENS,
-                                     do_sample=False, output_logits=True, return_dict_in_generate=True,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-                p = torch.softmax(gen.logits[0][0, digits].double(), -1)
-                first = int(gen.sequences[0, ids.shape[1]])
-                if first in builder.digit_ids:
-                    greedy = builder.instrument.scale.points[builder.digit_ids.index(first)]
-                else:
-                    greedy = parse_score(tok.decode(gen.sequences[0, ids.shape[1]:], skip_special_tokens=True),
-                                         builder.instrument.scale.points)
-                row[item] = (float(p @ points), greedy)
-            out.append(row)
-    return out
+def _spin() -> None:  # a busy process: the load another user puts on the cores
+    while True:
+        pass
 
 
 def main() -> None:
@@ -105,9 +89,13 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=4096)
     ap.add_argument("--random", action="store_true", help="random tiny Llama instead of the tiny preset base")
     ap.add_argument("--work", type=Path, default=None, help="keep the export/package here (default: temp dir)")
+    ap.add_argument("--busy", type=int, default=0, help="processes that keep a core busy each while timing")
+    ap.add_argument("--session-batch", type=int, default=1, help="sessions per ONNX Runtime prefix batch")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="care-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.work is None:  # the export, the package and the sessions' copy go with the run
+        atexit.register(shutil.rmtree, work, True)
 
     import numpy as np
     import torch
@@ -121,6 +109,7 @@ def main() -> None:
     from care.model.prompts import PromptBuilder
     from care.evaluation.torch_scoring import score_sessions as torch_score
     from care.data.synth import generate
+    from naive_generate import naive_scores
 
     threads = default_threads()
     torch.set_num_threads(threads)
@@ -141,31 +130,42 @@ def main() -> None:
           f"truncated {sum(e.truncated for e in encs)}")
 
     warm = sessions[:2]  # warm-up (allocators, ORT graph) outside the timings
-    _naive(model, tok, builder, warm[:1])
+    naive_scores(model, tok, builder, warm[:1])
     torch_score(model, tok, builder, warm, batch_size=args.batch_size, progress=False)
-    ort_score(pkg, warm, batch_size=args.batch_size, progress=False)
+    ort_score(pkg, warm, batch_size=args.batch_size, progress=False, session_batch=args.session_batch)
+    busy = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.busy)]
+    for proc in busy:
+        proc.start()
+    load_start = os.getloadavg()[0]
 
     runs = {
-        "a": lambda chunk: _naive(model, tok, builder, chunk),
+        "a": lambda chunk: naive_scores(model, tok, builder, chunk),
         "b": lambda chunk: torch_score(model, tok, builder, chunk, batch_size=args.batch_size, shared_cache=True,
                                        progress=False),
-        "c": lambda chunk: ort_score(pkg, chunk, batch_size=args.batch_size, progress=False),
+        "c": lambda chunk: ort_score(pkg, chunk, batch_size=args.batch_size, progress=False,
+                                     session_batch=args.session_batch),
     }
     # Interleaved rounds (rotating order) so that load from other processes hits the three paths alike.
     results = {k: [] for k in runs}
     seconds = {k: 0.0 for k in runs}
+    cpu = {k: 0.0 for k in runs}  # CPU time of this process (all its threads): the work, whatever the load
     order = list(runs)
     for r, start in enumerate(range(0, n, args.round)):
         chunk = sessions[start : start + args.round]
         for k in order[r % 3 :] + order[: r % 3]:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             results[k] += runs[k](chunk)
             seconds[k] += time.perf_counter() - t
+            cpu[k] += time.process_time() - c
+    load_end = os.getloadavg()[0]
+    for proc in busy:
+        proc.terminate()
     ms = {k: 1000 * seconds[k] / n for k in runs}
     names = {"a": "naive torch generate per item", "b": "torch shared transcript cache",
              "c": "onnx runtime (care score path)"}
     for k in runs:
-        print(f"({k}) {names[k]:<32}: {n / seconds[k]:7.2f} sessions/s {ms[k]:8.1f} ms/session")
+        print(f"({k}) {names[k]:<32}: {n / seconds[k]:7.2f} sessions/s {ms[k]:8.1f} ms/session "
+              f"(CPU time {1000 * cpu[k] / n:6.1f} ms/session)")
     a, b, c = results["a"], results["b"], results["c"]
     ma, mb, mc = ms["a"], ms["b"], ms["c"]
 
@@ -193,7 +193,10 @@ def main() -> None:
     print(f"care score CLI (subprocess, start-up + validation included): {cli:.1f} s for {n} sessions "
           f"({1000 * cli / n:.1f} ms/session)")
     print(f"ratios: b/a {ma / mb:.1f}x  c/a {ma / mc:.1f}x  c/b {mb / mc:.2f}x")
-    print(f"speedup: onnx_vs_naive={ma / mc:.1f}x onnx_vs_torch_shared={mb / mc:.1f}x")
+    print(f"onnx_vs_torch_shared={mb / mc:.2f}x")
+    print(f"onnx_vs_naive={ma / mc:.1f}x")
+    print(f"load: 1-min load average {load_start:.1f} at the start, {load_end:.1f} at the end, on {os.cpu_count()} "
+          f"cores ({args.busy} busy processes of this benchmark; ONNX Runtime and torch threads={threads})")
 
 
 if __name__ == "__main__":

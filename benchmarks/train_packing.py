@@ -30,26 +30,6 @@ from pathlib import Path
 LAYOUTS = {"item": ("item", False), "item+share_prefix": ("item", True), "session": ("session", False)}
 
 
-def lengthen(sessions, utterances: int, chars: int, seed: int):
-    """Sessions with `utterances` turns of `chars` +-40% characters (mean `chars`), cut from each session's
-    own utterances joined, so the text stays on topic."""
-    rng = random.Random(seed)
-    out = []
-    for s in sessions:
-        pool = [t.text for t in s.turns]
-        turns = []
-        for k in range(utterances):
-            speaker = ("counselor", "client")[k % 2]
-            want = rng.randint(round(chars * 0.6), round(chars * 1.4))
-            text = ""
-            while len(text) < want:
-                text += pool[rng.randrange(len(pool))]
-            text = text[:want]
-            turns.append({"speaker": speaker, "text": text})
-        out.append(s.model_copy(update={"turns": [type(s.turns[0])(**t) for t in turns]}))
-    return out
-
-
 def cpu_layout(args) -> dict:
     import torch
 
@@ -61,6 +41,7 @@ def cpu_layout(args) -> dict:
     from care.model.prompts import PromptBuilder, build_examples
     from care.data.synth import generate
     from care.model.training import finetune
+    from bench_sessions import lengthen
 
     packing, share = LAYOUTS[args.layout]
     params = Params()
@@ -93,25 +74,18 @@ def llama8b(args) -> list[dict]:
     """The three layouts on a random Llama-3.1-8B-shaped model on CUDA, one epoch each after a warm-up step."""
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from care.model.packing import pack_by_session, packed_loss
     from care.model.prompts import IGNORE_INDEX, Example
     from care.model.training import collate, target_loss
+    from random_llama import random_llama
 
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--llama8b needs CUDA")
-    shape = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=8)
-    if args.smoke:  # the same code path on a toy shape, to check the script on CPU
-        shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-                     num_key_value_heads=2)
-    config = LlamaConfig(vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
-                         tie_word_embeddings=False, attn_implementation="sdpa", **shape)
-    torch.manual_seed(0)
-    with torch.device(dev):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    # --smoke: the same code path on a toy shape (its vocabulary widened to the ids below), to check it on CPU
+    model = random_llama("tiny" if args.smoke else "8b", dev, torch.bfloat16,
+                         **({"vocab_size": 128256} if args.smoke else {}))
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
     model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=16, lora_alpha=32, lora_dropout=0.0,

@@ -147,6 +147,9 @@ class TrainParams(_Section):
     # plain token-mean cross-entropy (the paper); with score_only targets it weighs the digit against EOS.
     score_weight: Positive = 30.0
     seed: int = 123
+    # processes that share each fine-tune (DDP under `accelerate launch`: one per GPU; gloo on CPU). A step
+    # holds the same micro-batches whatever the count (rounded up to a multiple of it), split over them.
+    num_processes: Count = 1
 
 
 class CvParams(_Section):

@@ -322,6 +322,8 @@ def score(
     rationales: bool = typer.Option(False, "--rationales", help="Also generate a rationale per item (greedy, bounded)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda fails unless ONNX Runtime really uses CUDA)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Item prompts per batch over a shared transcript cache."),
+    session_batch: int = typer.Option(1, "--session-batch", min=1,
+                                      help="Sessions whose transcripts run as one batch (raise it on a GPU; 1 is fastest on CPU)."),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1, help="Rationale length bound (tokens)."),
     grounded_quotes: Optional[bool] = typer.Option(
         None, "--grounded-quotes/--free-quotes",
@@ -357,7 +359,7 @@ def score(
             typer.echo(str(problem), err=True)
         fail(f"{input_path}: {len(exc.problems)} problem(s); nothing scored")
     scores = score_sessions(pkg, sessions, batch_size=batch_size, rationales=rationales, max_new_tokens=max_new_tokens,
-                            grounded_quotes=grounded_quotes)
+                            grounded_quotes=grounded_quotes, session_batch=session_batch)
     lines = [json.dumps(result_record(s, pkg.instrument, rationales, calibration=calibration), ensure_ascii=False)
              for s in scores]
     if out is None:

@@ -75,7 +75,7 @@ def test_an_unknown_policy_is_refused_and_the_policy_keys_the_fit():
         load_params(None, ["model.context_policy=middle"])
     ref = DataRef(path="d.jsonl", sha256="0" * 64, limit=None, instrument="wai-sr", instrument_sha256="1" * 64,
                   prompts_sha256="2" * 64, n_sessions=2, n_clients=1, n_with_counselor_ratings=0,
-                  n_with_rationales=0, languages=["en"])
+                  n_with_rationales=0, languages=["en"], n_bytes=0)
     base = ModelDir("base", key="base")
     keys = {policy: fit_key(ref, load_params(None, [f"model.context_policy={policy}"]).fit, ["a"], base)
             for policy in ("keep_end", "keep_start_end")}

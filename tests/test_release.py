@@ -143,6 +143,10 @@ def test_export_parity_and_last_position_logits(rel):
     graph = onnx.load(str(rel["root"] / "onnx" / "model.onnx"), load_external_data=False).graph
     logits = next(o for o in graph.output if o.name == "logits")
     assert logits.type.tensor_type.shape.dim[1].dim_value == 1
+    # eager attention fused per layer: no NaN guards over every (query, key) pair (the traced SDPA graph has them)
+    ops = [n.op_type for n in graph.node]
+    assert "IsNaN" not in ops and "Softmax" not in ops and ops.count("MultiHeadAttention") == 2  # 2 layers
+    assert rel["export"]["attention"] == "MultiHeadAttention x2"
 
 
 def test_parity_over_threshold_fails_with_numbers(rel):
@@ -223,3 +227,38 @@ def test_package_calibration_is_read_from_checked_bytes(rel, tmp_path):
     with pytest.raises(CareError, match="calibration.json: sha256 does not match the manifest"):
         load_calibration(pkg, manifest, rel["instrument"])
     assert load_calibration(pkg, {"files": {}}, rel["instrument"]) is None  # a package from before intervals
+
+
+def test_grouped_query_qwen2_export_fuses_attention_and_matches_torch(tmp_path):
+    """The real presets' shape of attention (grouped key/value heads; Qwen2's q/k/v biases; an architecture
+    Optimum's ORT optimizer does not know): every layer fused, and a prefix pass then a left-padded
+    two-row pass over its gathered key/values give PyTorch's logits."""
+    import numpy as np
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from care.release import export_onnx
+    from care.release.onnx_runtime import OnnxLM
+
+    config = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "m", safe_serialization=True)
+    info = export_onnx(tmp_path / "m", tmp_path / "o")
+    assert info["attention"] == "MultiHeadAttention x2" and info["optimize"] is None
+    lm = OnnxLM(tmp_path / "o" / "model.onnx", threads=1)
+    rng = np.random.RandomState(0)
+    prefix, suffixes = rng.randint(3, 300, 30), [rng.randint(3, 300, 7), rng.randint(3, 300, 4)]
+    _, past = lm.forward(prefix[None], np.ones((1, 30), np.int64), np.arange(30)[None], lm.empty_past(1))
+    ids = np.zeros((2, 7), np.int64)
+    mask = np.ones((2, 37), np.int64)
+    positions = np.tile(30 + np.arange(7), (2, 1))
+    ids[0], ids[1, 3:] = suffixes[0], suffixes[1]
+    mask[1, 30:33], positions[1, :3], positions[1, 3:] = 0, 30, 30 + np.arange(4)
+    logits, _ = lm.forward(ids, mask, positions, lm.select(past, np.array([0, 0])))
+    with torch.no_grad():
+        for row, suffix in enumerate(suffixes):
+            full = torch.tensor(np.concatenate([prefix, suffix]))[None]
+            assert np.abs(logits[row] - model(full).logits[0, -1].double().numpy()).max() < 1e-4

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import corpus_rows, session_dict, write_jsonl_file
@@ -60,7 +61,8 @@ def test_output_schema_determinism_no_transcript(rel, inputs, run_cli, tmp_path)
 
 
 def test_stdout_and_rationales(rel, inputs, run_cli):
-    result = run_cli("score", "--model", rel["package"], inputs, "--rationales", "--max-new-tokens", "6")
+    result = run_cli("score", "--model", rel["package"], inputs, "--rationales", "--max-new-tokens", "6",
+                     "--session-batch", "2")
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 3 and all(isinstance(i["rationale"], str) for r in records for i in r["items"].values())
@@ -113,6 +115,61 @@ def test_shared_cache_equals_per_item_and_torch(rel, inputs):
             assert max(abs(p - q) for p, q in zip(x.distribution, z.distribution)) < 1e-4
             assert x.greedy == y.greedy == z.greedy
             assert x.rationale == y.rationale == z.rationale
+
+
+class _SessionRun:
+    """The ONNX Runtime scorer before I/O binding, kept as the oracle: numpy feeds and fetches through
+    `InferenceSession.run`, prefix rows copied on the host."""
+
+    def __init__(self, lm):
+        self.lm = lm
+
+    def empty_past(self, batch):
+        return [np.zeros((batch, self.lm.kv_heads, 0, self.lm.head_dim), self.lm.kv_dtype) for _ in self.lm.past_names]
+
+    def select(self, past, rows):
+        return [np.take(kv, rows, axis=0) for kv in past]
+
+    def forward(self, ids, mask, positions, past):
+        feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                **dict(zip(self.lm.past_names, past))}
+        out = self.lm.session.run(["logits", *self.lm.present_names], feed)
+        return out[0][:, -1, :].astype(np.float64), out[1:]
+
+
+def test_io_binding_equals_plain_session_run(rel, inputs):
+    """I/O binding (state on the device, rows gathered there, several sessions per batch) scores exactly as
+    the plain `session.run` path (1e-6), and the key/values it hands on are OrtValues, never numpy."""
+    import onnxruntime as ort
+
+    from care.data.validation import load_valid_sessions
+    from care.evaluation import readout
+    from care.release.onnx_runtime import OnnxLM, load_package, score_sessions
+
+    pkg = load_package(rel["package"])
+    sessions = load_valid_sessions(inputs, pkg.instrument, ratings_required=False)
+    kw = dict(rationales=True, max_new_tokens=5, progress=False)
+    plain = readout.score_sessions(_SessionRun(pkg.lm), pkg.builder, sessions, eos_ids=pkg.eos_ids, batch_size=5, **kw)
+    for session_batch in (1, 2):
+        bound = score_sessions(pkg, sessions, batch_size=5, session_batch=session_batch, **kw)
+        for a, b in zip(plain, bound):
+            assert a.session_id == b.session_id
+            for item in pkg.instrument.item_ids:
+                x, y = a.items[item], b.items[item]
+                assert abs(x.expected - y.expected) < 1e-6 and abs(x.digit_mass - y.digit_mass) < 1e-6
+                assert max(abs(p - q) for p, q in zip(x.distribution, y.distribution)) < 1e-6
+                assert (x.greedy, x.rationale) == (y.greedy, y.rationale)
+
+    enc = pkg.builder.encode(sessions[0])
+    n = len(enc.prefix)
+    args = (np.asarray([enc.prefix]), np.ones((1, n), np.int64), np.arange(n)[None, :])
+    logits, present = pkg.lm.forward(*args, pkg.lm.empty_past(1))
+    assert all(isinstance(v, ort.OrtValue) for v in present) and len(present) == len(pkg.lm.past_names)
+    rows = pkg.lm.select(present, np.array([0, 0, 0]))
+    assert all(isinstance(v, ort.OrtValue) and v.shape()[0] == 3 for v in rows)
+    assert np.array_equal(rows[0].numpy()[2], present[0].numpy()[0])
+    from_bytes = OnnxLM((Path(rel["package"]) / "model.onnx").read_bytes())
+    assert np.array_equal(from_bytes.forward(*args, from_bytes.empty_past(1))[0], logits)
 
 
 def test_device_cuda_fails_clearly(rel, inputs, run_cli, tmp_path):

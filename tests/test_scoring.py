@@ -93,6 +93,23 @@ def test_shared_cache_matches_per_item(setup):
             assert a.dimensions_expected[dim] == pytest.approx(sum(a.items[i].expected for i in ids) / len(ids))
 
 
+def test_session_batches_match_one_session_at_a_time(setup):
+    """Several sessions' transcripts in one left-padded prefix batch, item rows of different sessions in one
+    batch (gathered cache rows), greedy fallback and rationale decoding over them: the same scores (1e-6)."""
+    instrument, sessions, tokenizer, builder, model = setup
+    kw = dict(rationales=True, max_new_tokens=6, progress=False)
+    one = score_sessions(model, tokenizer, builder, sessions, batch_size=16, **kw)
+    grouped = score_sessions(model, tokenizer, builder, sessions, batch_size=7, session_batch=3, **kw)
+    assert [s.session_id for s in grouped] == [s.session_id for s in sessions]
+    for a, b in zip(one, grouped):
+        assert a.prefix_tokens == b.prefix_tokens
+        for item in instrument.item_ids:
+            x, y = a.items[item], b.items[item]
+            assert abs(x.expected - y.expected) < 1e-6 and abs(x.digit_mass - y.digit_mass) < 1e-6
+            assert max(abs(p - q) for p, q in zip(x.distribution, y.distribution)) < 1e-6
+            assert (x.greedy, x.greedy_text_ok, x.rationale) == (y.greedy, y.greedy_text_ok, y.rationale)
+
+
 def test_answer_logits_equal_full_forward(setup):
     """The body + gathered LM head reads exactly the logits of a plain forward over the whole prompt."""
     instrument, sessions, tokenizer, builder, model = setup

@@ -221,3 +221,26 @@ def test_pad_token_never_eos():
     t = Tok()
     ensure_pad_token(t)
     assert t.pad_token == "<|reserved_special_token_0|>"
+
+
+def test_two_processes_give_the_one_process_adapter(base, tmp_path):
+    """`train.num_processes: 2` (accelerate launch, DDP over gloo on CPU) trains the same adapter as one
+    process: each step holds the same sessions, split over the two, and the summed gradients are the step's
+    mean. Only the order of float additions differs (stated tolerance: 1e-5 absolute on every weight)."""
+    from care.model.launch import run_finetune
+
+    path, tok, examples = base
+    p1 = _params(tmp_path, packing="session", batch_size=12, grad_accum=2, max_steps=3)  # 2 sessions a step
+    p2 = _params(tmp_path, packing="session", batch_size=12, grad_accum=2, max_steps=3, num_processes=2)
+    s1 = run_finetune(path, examples, p1, tmp_path / "one")
+    s2 = run_finetune(path, examples, p2, tmp_path / "two")
+    assert (s1["processes"], s2["processes"]) == (1, 2) and s1["steps"] == s2["steps"] == 3
+    assert s1["sessions_per_step"] == s2["sessions_per_step"] == 2
+    a, b = _adapter_tensors(tmp_path / "one"), _adapter_tensors(tmp_path / "two")
+    assert a.keys() == b.keys() and a
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    moved = max(float(a[k].abs().max()) for k in a if "lora_B" in k)
+    assert diff < 1e-5 and moved > 1e-3  # B starts at zero: training really moved it
+    for key in ("train_tokens", "target_tokens"):  # counted over both processes
+        assert s1[key] == s2[key]
+    assert abs(s1["final_loss"] - s2["final_loss"]) < 1e-4 and abs(s1["first_loss"] - s2["first_loss"]) < 1e-4

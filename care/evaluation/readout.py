@@ -12,10 +12,13 @@ session's turns (`care.evaluation.grounding`), and each rationale lists where it
 
 `shared_cache=True` runs the transcript prefix once per session and the item suffixes in batches over its
 key/values, left-padded so that every item's answer position is the last column (position ids continue the
-prefix; the padding is masked). `shared_cache=False` is the reference: each item's full prompt on its own.
-Both give the same numbers (tests/test_scoring.py, tests/test_score_cli.py).
+prefix; the padding is masked). With `session_batch` > 1 the prefixes of that many sessions run as one
+left-padded batch and the item rows of all of them are cut into batches of `batch_size`, each row over its
+own session's key/values (`Backend.select`). `shared_cache=False` is the reference: each item's full prompt
+on its own. All give the same numbers (tests/test_scoring.py, tests/test_score_cli.py).
 
-A backend (`Backend`) runs forward passes and hands back float64 numpy logits, so everything here is numpy.
+A backend (`Backend`) runs forward passes and hands back float64 numpy logits, so everything here is numpy;
+its key/values (`past`) stay wherever the backend keeps them (on the device) and are only passed along.
 Nothing here logs transcript or rationale text; the only text in the results is the generated rationale.
 """
 
@@ -77,8 +80,9 @@ class Backend(Protocol):
         """One pass over `ids` (batch, n) after `past`; `mask` covers past + ids. Returns the last position's
         logits (batch, vocab) in float64 and the present key/values (`past` may be updated in place)."""
 
-    def expand(self, past: Any, batch: int) -> Any:
-        """A batch-1 `past` over `batch` rows, which `forward` may update without touching the original."""
+    def select(self, past: Any, rows: np.ndarray) -> Any:
+        """Rows `rows` (indices into the batch of `past`, repeats allowed) as a new past, on the same device,
+        which `forward` may extend without touching the original."""
 
     def empty_past(self, batch: int) -> Any:
         """The past of no tokens."""
@@ -208,43 +212,59 @@ def _item_score(builder: PromptBuilder, item_id: str, answer: _Answer, generated
                      quotes)
 
 
-def item_batches(backend: Backend, enc: EncodedSession, item_ids: list[str], batch_size: int,
-                 pad: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, Any, np.ndarray]]:
-    """Per batch of item suffixes over one prefix pass: (item ids, prompt lengths, answer logits, present, mask)."""
-    n = len(enc.prefix)
-    _, prefix_past = backend.forward(np.asarray([enc.prefix], np.int64), np.ones((1, n), np.int64),
-                                     np.arange(n)[None, :], backend.empty_past(1))
-    for start in range(0, len(item_ids), batch_size):
-        batch = item_ids[start : start + batch_size]
-        bsz, lens = len(batch), np.array([len(enc.items[i]) for i in batch])
-        width = int(lens.max())
-        ids = np.full((bsz, width), pad, np.int64)
-        suffix_mask = np.zeros((bsz, width), np.int64)
-        positions = np.full((bsz, width), n, np.int64)
-        for b, item in enumerate(batch):
-            k = lens[b]
-            ids[b, width - k :] = enc.items[item]
-            suffix_mask[b, width - k :] = 1
-            positions[b, width - k :] = n + np.arange(k)
-        mask = np.concatenate([np.ones((bsz, n), np.int64), suffix_mask], axis=1)
-        logits, present = backend.forward(ids, mask, positions, backend.expand(prefix_past, bsz))
-        yield batch, n + lens, logits, present, mask
+def _left_padded(rows: list[list[int]], pad: int, start: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, mask, position ids) of token rows left-padded to one width; row r's positions run from start[r]
+    (padding repeats start[r] and is masked)."""
+    lens = np.array([len(r) for r in rows])
+    width = int(lens.max())
+    ids = np.full((len(rows), width), pad, np.int64)
+    mask = np.zeros((len(rows), width), np.int64)
+    positions = np.repeat(np.asarray(start, np.int64)[:, None], width, axis=1)
+    for b, row in enumerate(rows):
+        k = lens[b]
+        ids[b, width - k :] = row
+        mask[b, width - k :] = 1
+        positions[b, width - k :] += np.arange(k)
+    return ids, mask, positions
 
 
-def _score_shared(backend: Backend, builder: PromptBuilder, enc: EncodedSession, eos_ids: list[int], batch_size: int,
-                  context: _RationaleContext | None, max_new_tokens: int) -> dict[str, ItemScore]:
-    pad, out = pad_id(builder.tokenizer), {}
+def item_batches(backend: Backend, encs: EncodedSession | list[EncodedSession], item_ids: list[str], batch_size: int,
+                 pad: int) -> Iterator[tuple[list[tuple[int, str]], np.ndarray, np.ndarray, Any, np.ndarray]]:
+    """One prefix pass over the sessions `encs` (left-padded), then their item suffixes in batches of
+    `batch_size` rows over it: per batch ((session index, item id) per row, prompt lengths, answer logits,
+    present, mask)."""
+    encs = [encs] if isinstance(encs, EncodedSession) else list(encs)
+    n = np.array([len(e.prefix) for e in encs])
+    ids, prefix_mask, positions = _left_padded([e.prefix for e in encs], pad, np.zeros(len(encs), np.int64))
+    _, prefix_past = backend.forward(ids, prefix_mask, positions, backend.empty_past(len(encs)))
+    rows = [(s, item) for s in range(len(encs)) for item in item_ids]
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        sel = np.array([s for s, _ in batch])
+        ids, suffix_mask, positions = _left_padded([encs[s].items[i] for s, i in batch], pad, n[sel])
+        mask = np.concatenate([prefix_mask[sel], suffix_mask], axis=1)
+        logits, present = backend.forward(ids, mask, positions, backend.select(prefix_past, sel))
+        yield batch, n[sel] + suffix_mask.sum(1), logits, present, mask
+
+
+def _score_shared(backend: Backend, builder: PromptBuilder, encs: list[EncodedSession], eos_ids: list[int],
+                  batch_size: int, contexts: list[_RationaleContext] | None,
+                  max_new_tokens: int) -> list[dict[str, ItemScore]]:
+    pad = pad_id(builder.tokenizer)
+    out: list[dict[str, ItemScore]] = [{} for _ in encs]
     points = builder.instrument.scale.points
-    for batch, lens, logits, past, mask in item_batches(backend, enc, builder.instrument.item_ids, batch_size, pad):
+    for batch, lens, logits, past, mask in item_batches(backend, encs, builder.instrument.item_ids, batch_size, pad):
         answers = _read_answers(logits, builder.digit_ids, points)
-        steps = _generation_steps(answers, builder.digit_ids, context is not None, max_new_tokens)
+        steps = _generation_steps(answers, builder.digit_ids, contexts is not None, max_new_tokens)
         generated: list[list[int] | None] = [None] * len(batch)
         if steps:
-            guides = context.guides(len(batch)) if context is not None else None
+            guides = None
+            if contexts is not None and contexts[0].index is not None:
+                guides = [QuoteGuide(contexts[s].index) for s, _ in batch]
             first = _first_tokens(logits, answers, guides, steps)
             generated = _continue_greedy(backend, past, mask, lens, first, steps, eos_ids, pad, guides)
-        for b, item in enumerate(batch):
-            out[item] = _item_score(builder, item, answers[b], generated[b], context)
+        for b, (s, item) in enumerate(batch):
+            out[s][item] = _item_score(builder, item, answers[b], generated[b], contexts[s] if contexts else None)
     return out
 
 
@@ -276,25 +296,33 @@ def _session_score(enc: EncodedSession, instrument: Instrument, items: dict[str,
 
 def score_sessions(backend: Backend, builder: PromptBuilder, sessions: Iterable[Session], *, eos_ids: Iterable[int],
                    batch_size: int = 16, rationales: bool = False, max_new_tokens: int = 96, shared_cache: bool = True,
-                   progress: bool = True, grounded_quotes: bool = True) -> list[SessionScore]:
+                   progress: bool = True, grounded_quotes: bool = True, session_batch: int = 1) -> list[SessionScore]:
     """Score every item of every session (see the module docstring); `eos_ids` end greedy decoding.
 
-    `grounded_quotes` (with `rationales`): quotations are constrained to verbatim spans of the transcript."""
+    `batch_size`: item rows per forward pass; `session_batch`: sessions whose transcripts run as one batch
+    (shared cache only; the sessions are taken in input order). `grounded_quotes` (with `rationales`):
+    quotations are constrained to verbatim spans of the transcript."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise CareError(f"batch_size must be at least 1 (got {batch_size})")
+    if session_batch < 1:
+        raise CareError(f"session_batch must be at least 1 (got {session_batch})")
     sessions = list(sessions)
     eos = sorted(set(eos_ids))
     results = []
-    for session in tqdm(sessions, desc="scoring", unit="session", disable=not progress):
-        enc = builder.encode(session)
-        context = _rationale_context(builder, session, grounded_quotes) if rationales else None
-        if shared_cache:
-            items = _score_shared(backend, builder, enc, eos, batch_size, context, max_new_tokens)
-        else:
-            items = _score_each(backend, builder, enc, eos, context, max_new_tokens)
-        results.append(_session_score(enc, builder.instrument, items))
+    group = session_batch if shared_cache else 1
+    with tqdm(total=len(sessions), desc="scoring", unit="session", disable=not progress) as bar:
+        for start in range(0, len(sessions), group):
+            chunk = sessions[start : start + group]
+            encs = [builder.encode(s) for s in chunk]
+            contexts = [_rationale_context(builder, s, grounded_quotes) for s in chunk] if rationales else None
+            if shared_cache:
+                items = _score_shared(backend, builder, encs, eos, batch_size, contexts, max_new_tokens)
+            else:
+                items = [_score_each(backend, builder, encs[0], eos, contexts[0] if contexts else None, max_new_tokens)]
+            results += [_session_score(e, builder.instrument, i) for e, i in zip(encs, items)]
+            bar.update(len(encs))
     return results
 
 

@@ -2,8 +2,8 @@
 
 The backend runs the decoder body and computes the LM head only at the last position (in float32, with the
 model's final logit soft-capping). For a batch of item suffixes the transcript prefix's key/value cache is
-broadcast over the rows without copying it. The shared cache is several times faster than each item's
-full prompt on its own (benchmarks/score_torch.py).
+broadcast over the rows without copying it (rows of several sessions are gathered on the device). The
+shared cache is several times faster than each item's full prompt on its own (benchmarks/score_torch.py).
 """
 
 from __future__ import annotations
@@ -48,25 +48,33 @@ class TorchBackend:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits.cpu().numpy().astype(np.float64), out.past_key_values
 
-    def expand(self, past, batch: int):
-        return _broadcast_cache([(layer.keys, layer.values) for layer in past.layers], batch)
+    def select(self, past, rows: np.ndarray):
+        import torch
+
+        rows = np.asarray(rows, np.int64)
+        kv = [(layer.keys, layer.values) for layer in past.layers]
+        if (rows == rows[0]).all():  # one session's prefix under every row: a broadcast view, no copy
+            r = int(rows[0])
+            return _cache([(k[r : r + 1].expand(len(rows), -1, -1, -1), v[r : r + 1].expand(len(rows), -1, -1, -1))
+                           for k, v in kv])
+        index = torch.as_tensor(rows, device=self.device)
+        return _cache([(k.index_select(0, index), v.index_select(0, index)) for k, v in kv])
 
     def empty_past(self, batch: int):
         return None
 
 
-def _broadcast_cache(prefix_kv, bsz: int):
-    """A fresh cache holding the prefix keys/values broadcast over `bsz` rows, without copying them.
+def _cache(kv):
+    """A fresh cache holding these key/value tensors as they are (views stay views).
 
-    The layers hold stride-0 views; the suffix pass's update concatenates onto them, which is the only copy
-    (DynamicCache(ddp_cache_data=...) would copy the prefix once more first).
+    The suffix pass's update concatenates onto them, which is the only copy of a broadcast prefix
+    (DynamicCache(ddp_cache_data=...) would copy it once more first).
     """
     from transformers import DynamicCache
 
-    cache = DynamicCache(ddp_cache_data=[(k[:, :, :0].expand(bsz, -1, -1, -1), v[:, :, :0].expand(bsz, -1, -1, -1))
-                                         for k, v in prefix_kv])
-    for layer, (k, v) in zip(cache.layers, prefix_kv):
-        layer.keys, layer.values = k.expand(bsz, -1, -1, -1), v.expand(bsz, -1, -1, -1)
+    cache = DynamicCache(ddp_cache_data=[(k[:, :, :0], v[:, :, :0]) for k, v in kv])
+    for layer, (k, v) in zip(cache.layers, kv):
+        layer.keys, layer.values = k, v
     return cache
 
 
@@ -81,7 +89,7 @@ def eos_ids(model, tokenizer) -> set[int]:
 
 def score_sessions(model, tokenizer, builder: PromptBuilder, sessions: Iterable[Session], *, batch_size: int = 16,
                    rationales: bool = False, max_new_tokens: int = 96, shared_cache: bool = True,
-                   progress: bool = True, grounded_quotes: bool = True) -> list[SessionScore]:
+                   progress: bool = True, grounded_quotes: bool = True, session_batch: int = 1) -> list[SessionScore]:
     """`readout.score_sessions` with this model. Deterministic; leaves the model's mode as found."""
     import torch
 
@@ -93,6 +101,6 @@ def score_sessions(model, tokenizer, builder: PromptBuilder, sessions: Iterable[
             return readout.score_sessions(backend, builder, sessions, eos_ids=eos_ids(model, tokenizer),
                                           batch_size=batch_size, rationales=rationales, max_new_tokens=max_new_tokens,
                                           shared_cache=shared_cache, progress=progress,
-                                          grounded_quotes=grounded_quotes)
+                                          grounded_quotes=grounded_quotes, session_batch=session_batch)
     finally:
         model.train(was_training)

@@ -10,8 +10,11 @@ The loss is the mean cross-entropy over target tokens only (`care.model.loss`, t
 position, and logits are computed only at the positions that predict a target token (the LM head over the
 whole transcript would cost as much as the layers).
 
-Runs under `accelerate` (bf16 mixed precision on CUDA, none on CPU; `accelerate launch` for several
-GPUs). On CPU the same seed and data give bit-identical weights. Outputs are safetensors only.
+Runs under `accelerate` (bf16 mixed precision on CUDA, none on CPU). In several processes
+(`train.num_processes`, launched by `care.model.launch`) a step holds the same micro-batches as in one
+(rounded up to a multiple of the process count), each process runs its share and DDP sums the gradients;
+the loss is divided by the whole step's weight, so the sum is the step's mean. On CPU the same seed and
+data give bit-identical weights. Outputs are safetensors only.
 """
 
 from __future__ import annotations
@@ -251,7 +254,7 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
             micro_per_epoch = sum(math.ceil(n / tp.batch_size) for n in sizes.values())
         else:
             micro_per_epoch = math.ceil(len(examples) / tp.batch_size)
-        per_step = tp.grad_accum * procs
+        per_step = procs * math.ceil(tp.grad_accum / procs)
     steps_per_epoch = max(1, math.ceil(micro_per_epoch / per_step))
     total_steps = tp.max_steps if tp.max_steps else max(1, math.ceil(tp.epochs * steps_per_epoch))
     plan_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -284,6 +287,7 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
 
     losses: list[float] = []
     train_tokens = target_tokens = 0
+    first_step_s, first_step_tokens = 0.0, 0  # the first step carries the warm-up (kernels, allocator)
     started = time.perf_counter()
     bar = tqdm(range(total_steps), desc=desc or "fine-tune", disable=not accelerator.is_local_main_process,
                leave=False, mininterval=1.0)
@@ -312,6 +316,8 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
             accelerator.backward(loss)
             step_loss += float(loss.detach())
         target_tokens += step_targets
+        if procs > 1:  # each process holds procs x its share over the step's weight: the mean of the sums is the step's
+            step_loss = _summed(accelerator, step_loss) / procs
         if tp.max_grad_norm and tp.max_grad_norm > 0:
             accelerator.clip_grad_norm_(trainable, tp.max_grad_norm)
         optimizer.step()
@@ -319,8 +325,14 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
         bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
+        if step == 0:
+            first_step_s, first_step_tokens = time.perf_counter() - started, train_tokens
     bar.close()
     wall = time.perf_counter() - started
+    if procs > 1:  # counts over all processes
+        train_tokens, target_tokens = int(_summed(accelerator, train_tokens)), int(_summed(accelerator, target_tokens))
+        first_step_tokens = int(_summed(accelerator, first_step_tokens))
+    later_s = wall - first_step_s
 
     tail = losses[-max(1, len(losses) // 10):]
     stats = {
@@ -334,6 +346,8 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
         "batch_size": tp.batch_size,
         "grad_accum": tp.grad_accum,
         "processes": procs,
+        "mixed_precision": accelerator.mixed_precision,
+        "gradient_checkpointing": checkpointing,
         "trainable_parameters": n_trainable,
         "final_loss": round(sum(tail) / len(tail), 5),
         "mean_loss": round(sum(losses) / len(losses), 5),
@@ -341,6 +355,9 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
         "train_tokens": train_tokens,
         "target_tokens": target_tokens,
         "tokens_per_s": round(train_tokens / wall, 1) if wall > 0 else None,
+        "first_step_s": round(first_step_s, 3),
+        "tokens_per_s_after_first": (round((train_tokens - first_step_tokens) / later_s, 1)
+                                     if total_steps > 1 and later_s > 0 else None),
         "wall_s": round(wall, 2),
         "seed": tp.seed,
         "score_weight": sw,
@@ -363,6 +380,13 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_
             (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n", "utf-8")
     accelerator.wait_for_everyone()
     return stats
+
+
+def _summed(accelerator, value: float) -> float:
+    import torch
+
+    return float(accelerator.reduce(torch.tensor(float(value), dtype=torch.float64, device=accelerator.device),
+                                    reduction="sum"))
 
 
 def load_finetuned(base_dir: str | Path, adapter_or_model_dir: str | Path, device="cpu"):

@@ -156,10 +156,21 @@ def default_threads() -> int:
 
 
 class OnnxLM:
-    """An exported decoder (`text-generation-with-past`) on ONNX Runtime, as a `readout.Backend`."""
+    """An exported decoder (`text-generation-with-past`) on ONNX Runtime, as a `readout.Backend`, with I/O binding.
 
-    def __init__(self, model_path: str | Path | bytes, device: str = "cpu", threads: int | None = None):
-        """`model_path`: the model file, or its bytes (a verified package's model, never reopened by path)."""
+    The key/values stay where the model runs: every pass binds the previous pass's `present.*` OrtValues as its
+    `past_key_values.*` inputs and binds its own `present.*` outputs to the device, so they never visit the host
+    (on CPU nothing is copied to numpy either). Only the small inputs go in from the host and only the last
+    position's logits come back. `select` gathers prefix rows for an item batch on the device (a small graph
+    of one ONNX `Gather` per past tensor), so a session's transcript is never copied through the host.
+
+    `model` is a path to `model.onnx` or its bytes (then `external_data_dir` holds its external data file, if
+    any). `spinning=False` turns off ONNX Runtime's busy-waiting worker threads: on a shared machine spinning
+    threads fight the other processes for the cores (benchmarks/score.py --busy measures that case).
+    """
+
+    def __init__(self, model: str | Path | bytes, device: str = "cpu", threads: int | None = None, *,
+                 external_data_dir: str | Path | None = None, spinning: bool = False):
         os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         import onnxruntime as ort
 
@@ -174,35 +185,76 @@ class OnnxLM:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+        if isinstance(model, bytes) and external_data_dir is not None:
+            opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                          str(external_data_dir))
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        from_bytes = isinstance(model_path, bytes)
-        self.session = ort.InferenceSession(model_path if from_bytes else str(model_path), opts, providers=providers)
+        name = "the model bytes" if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                            providers=providers)
         if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise CareError("--device cuda: ONNX Runtime fell back to CPU (CUDA libraries missing or unusable); "
                             "refusing to run on CPU silently; use --device cpu")
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.past_names = sorted((n for n in inputs if n.startswith("past_key_values.")), key=_layer_order)
         if not self.past_names or "position_ids" not in inputs:
-            raise CareError(f"{'the model' if from_bytes else model_path}: not a decoder exported with past key/values "
-                            "and position ids")
+            raise CareError(f"{name}: not a decoder exported with past key/values and position ids")
         shape = inputs[self.past_names[0]].shape
         self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
         self.kv_dtype = np.float16 if "float16" in inputs[self.past_names[0]].type else np.float32
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
         self.device = device
+        self._ort = ort
+        self._gather = ort.InferenceSession(_gather_graph(len(self.past_names), self.kv_dtype), opts,
+                                            providers=providers)
 
-    def empty_past(self, batch: int) -> list[np.ndarray]:
-        return [np.zeros((batch, self.kv_heads, 0, self.head_dim), self.kv_dtype) for _ in self.past_names]
+    def empty_past(self, batch: int) -> list:
+        """The past of no tokens: zero-length OrtValues on the device."""
+        shape = [batch, self.kv_heads, 0, self.head_dim]
+        return [self._ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, self.device, 0)
+                for _ in self.past_names]
 
-    def expand(self, past: list[np.ndarray], batch: int) -> list[np.ndarray]:
-        return past if batch == 1 else [np.repeat(kv, batch, axis=0) for kv in past]
+    def select(self, past: list, rows: np.ndarray) -> list:
+        """Rows `rows` of every past tensor, gathered on the device into new OrtValues."""
+        io = self._gather.io_binding()
+        io.bind_cpu_input("rows", np.ascontiguousarray(rows, dtype=np.int64))
+        for k, value in enumerate(past):
+            io.bind_ortvalue_input(f"kv{k}", value)
+            io.bind_output(f"out{k}", self.device, 0)
+        self._gather.run_with_iobinding(io)
+        return io.get_outputs()
 
-    def forward(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list[np.ndarray]):
-        """Last-position logits (batch, vocab) in float64, and the present key/values."""
-        feed = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64),
-                "position_ids": positions.astype(np.int64), **dict(zip(self.past_names, past))}
-        out = self.session.run(["logits", *self.present_names], feed)
-        return out[0][:, -1, :].astype(np.float64), out[1:]
+    def forward(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list):
+        """Last-position logits (batch, vocab) in float64 on the host, and the present key/values on the device."""
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
+        io.bind_cpu_input("attention_mask", np.ascontiguousarray(mask, dtype=np.int64))
+        io.bind_cpu_input("position_ids", np.ascontiguousarray(positions, dtype=np.int64))
+        for name, value in zip(self.past_names, past):
+            io.bind_ortvalue_input(name, value)
+        io.bind_output("logits", "cpu")
+        for name in self.present_names:
+            io.bind_output(name, self.device, 0)
+        self.session.run_with_iobinding(io)
+        out = io.get_outputs()
+        return out[0].numpy()[:, -1, :].astype(np.float64), out[1:]
+
+
+def _gather_graph(n: int, dtype) -> bytes:
+    """A model with inputs kv0..kv{n-1} and `rows`, and outputs out_k = Gather(kv_k, rows, axis=0)."""
+    from onnx import TensorProto, helper
+
+    elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
+    kv = [helper.make_tensor_value_info(f"kv{k}", elem, ["b", "h", "t", "d"]) for k in range(n)]
+    out = [helper.make_tensor_value_info(f"out{k}", elem, ["r", "h", "t", "d"]) for k in range(n)]
+    rows = helper.make_tensor_value_info("rows", TensorProto.INT64, ["r"])
+    nodes = [helper.make_node("Gather", [f"kv{k}", "rows"], [f"out{k}"], axis=0) for k in range(n)]
+    model = helper.make_model(helper.make_graph(nodes, "care_select_rows", kv + [rows], out),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
 
 
 def _layer_order(name: str) -> tuple[int, int]:
@@ -327,18 +379,18 @@ def answer_logits(pkg: Package, session: Session, batch_size: int = 16) -> tuple
     enc = pkg.builder.encode(session)
     items, rows = [], []
     for batch, _, logits, _, _ in item_batches(pkg.lm, enc, pkg.instrument.item_ids, batch_size, pad_id(pkg.tokenizer)):
-        items += batch
+        items += [item for _, item in batch]
         rows.append(logits)
     return items, np.concatenate(rows)
 
 
 def score_sessions(pkg: Package, sessions: Iterable[Session], *, batch_size: int = 16, rationales: bool = False,
                    max_new_tokens: int = 96, shared_cache: bool = True, progress: bool = True,
-                   grounded_quotes: bool = True) -> list[SessionScore]:
+                   grounded_quotes: bool = True, session_batch: int = 1) -> list[SessionScore]:
     """`readout.score_sessions` with the package's model."""
     return readout.score_sessions(pkg.lm, pkg.builder, sessions, eos_ids=pkg.eos_ids, batch_size=batch_size,
                                   rationales=rationales, max_new_tokens=max_new_tokens, shared_cache=shared_cache,
-                                  progress=progress, grounded_quotes=grounded_quotes)
+                                  progress=progress, grounded_quotes=grounded_quotes, session_batch=session_batch)
 
 
 def result_record(score: SessionScore, instrument: Instrument, rationales: bool, ndigits: int = 6,

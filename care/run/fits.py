@@ -42,7 +42,7 @@ def fit_key(data: DataRef, fit: FitParams, train_ids: list[str], base: ModelDir)
     return digest({
         "data": data.sha256, "train": sorted(train_ids), "base": base.key,
         "instrument": data.instrument_sha256, "prompts": data.prompts_sha256,
-        "source": source_digest("care.model.training"),
+        "source": source_digest("care.model.launch"),  # the launcher and everything it runs (care.model.training)
         # the base enters through its key (a tiny base's content digest), not through how it was built
         "params": fit.model_dump(mode="json", include={"model", "lora", "train"},
                                  exclude={"model": {"base_build": True, "tiny_base": True}}),
@@ -59,12 +59,12 @@ def finetune_on(data: DataRef, folds_doc: dict | None, k: int | None, fit: FitPa
     if (out_dir / DONE).exists():
         return ModelDir(str(out_dir), key=key)
     from care.model.presets import load_tokenizer
+    from care.model.launch import run_finetune
     from care.model.prompts import build_examples
-    from care.model.training import finetune
 
     tokenizer = load_tokenizer(base.path)
     examples, stats = build_examples(train, builder(fit, tokenizer, instrument), fit.train.targets)
-    train_stats = finetune(base.path, examples, fit, out_dir / ADAPTER, desc=desc)
+    train_stats = run_finetune(base.path, examples, fit, out_dir / ADAPTER, desc=desc)
     atomic_write_json(out_dir / DONE, {"base": base.key, "examples": stats.as_dict(), "train": train_stats})
     return ModelDir(str(out_dir), key=key)
 
