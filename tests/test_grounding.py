@@ -212,7 +212,7 @@ class RandomBackend:
     def forward(self, ids, mask, positions, past):
         return _biased(self.tok, self.rng, self.bias, ids.shape[0]), past
 
-    def expand(self, past, batch):
+    def select(self, past, rows):
         return past
 
     def empty_past(self, batch):
