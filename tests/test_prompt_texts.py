@@ -88,6 +88,7 @@ def test_rationale_metrics_count_characters_for_languages_written_without_spaces
     from care.evaluation.rationale_quality import rationale_quality
 
     ref, hyp = "カウンセラーは「安心して話せます」と返した。", "カウンセラーは「安心して」と言った。"
-    ja = rationale_quality([(hyp, ref, ["ここなら安心して話せます。"], "ja")])
+    marks = {"ja": [("「", "」")], "ja-JP": [("「", "」")]}
+    ja = rationale_quality([(hyp, ref, ["ここなら安心して話せます。"], "ja")], marks)
     assert ja["rouge_l_f"] > 0.5 and ja["bleu"] > 10 and ja["grounding_rate"] == 1.0
-    assert rationale_quality([(ref, ref, [], "ja-JP")])["bleu"] == pytest.approx(100.0)
+    assert rationale_quality([(ref, ref, [], "ja-JP")], marks)["bleu"] == pytest.approx(100.0)

@@ -99,7 +99,9 @@ def test_concurrent_promotions_are_decided_one_after_the_other(zenml_store, tmp_
     for k in range(ROUNDS):
         (sync / f"go-{k}").touch()  # both processes promote at the same instant
         while not all((sync / f"done-{k}-{w}").exists() for w in procs):
-            assert time.monotonic() < deadline and all(p.poll() in (None, 0) for p in procs.values())
+            failed = {w: p for w, p in procs.items() if p.poll() not in (None, 0)}
+            assert not failed, {w: p.communicate()[1][-2000:] for w, p in failed.items()}
+            assert time.monotonic() < deadline, "the promotions did not finish"
             time.sleep(0.02)
     outs = {w: p.communicate(timeout=120) for w, p in procs.items()}
     text = "".join(o + e for o, e in outs.values())
