@@ -66,8 +66,8 @@ def main() -> None:
     ap.add_argument("--item-tokens", type=int, default=110, help="item prompt + target, per item")
     ap.add_argument("--session-batch", type=int, default=4)
     args = ap.parse_args()
-    print(f"| preset | parameters | train LoRA (GPU) | train full (GPU) | merge fp32 (host RAM) | export fp16 "
-          f"(GPU / host RAM) | disk (merged fp32 + ONNX fp16) | score, PyTorch (GPU) | score, ONNX Runtime (GPU) |")
+    print("| preset | parameters | train LoRA (GPU) | train full (GPU) | merge fp32 (host RAM) | export fp16 "
+          "(GPU / host RAM) | disk (merged fp32 + ONNX fp16) | score, PyTorch (GPU) | score, ONNX Runtime (GPU) |")
     print("|" + "---|" * 9)
     for name, shape in PRESETS.items():
         e = estimates(shape, args.transcript_tokens, args.item_tokens, args.session_batch)

@@ -1,6 +1,6 @@
 """GPU checks of session packing that CPU tests cannot make (run where CUDA is present).
 
-    python benchmarks/gpu_packing_check.py [--cache DIR]
+    python benchmarks/gpu_packing_check.py
 
 1. The packed loss and LoRA gradients equal the per-item ones on CUDA (tiny preset, fp32, SDPA kernels of
    the GPU), and their difference under bf16 autocast.
@@ -20,7 +20,6 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "care-bench-cache")
     ap.add_argument("--sessions", type=int, default=16)
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of the script itself")
     args = ap.parse_args(argv)

@@ -20,7 +20,6 @@ import json
 import shlex
 import sys
 import time
-from pathlib import Path
 
 
 def run_candidate(params_file: str, overrides: list[str]) -> dict:

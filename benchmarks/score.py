@@ -56,9 +56,8 @@ def _base(args, work: Path) -> Path:
             tok.save_pretrained(out)
         return out
     from care.model.presets import prepare_base
-    from care.cache import cache_root
 
-    return Path(prepare_base(Params(), cache_root()))
+    return Path(prepare_base(Params())[0])  # the shipped tiny base (dvc pull base.dvc)
 
 
 def _package(base: Path, work: Path, max_length: int, reserve: int) -> Path:

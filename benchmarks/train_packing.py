@@ -158,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chars", type=int, default=28)
     ap.add_argument("--max-length", type=int, default=4096, help="context (wide enough that nothing is cut)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "care-bench-cache")
     ap.add_argument("--llama8b", action="store_true", help="the GPU comparison on an 8B-shaped model")
     ap.add_argument("--transcript-tokens", type=int, default=1500)
     ap.add_argument("--device", default="cuda", help="--llama8b only")
@@ -176,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for layout in LAYOUTS:
             cmd = [sys.executable, __file__, "--layout", layout, "--sessions", str(args.sessions), "--utterances",
-                   str(args.utterances), "--chars", str(args.chars), "--max-length", str(args.max_length),
-                   "--cache", str(args.cache)] + (["--threads", str(args.threads)] if args.threads else [])
+                   str(args.utterances), "--chars", str(args.chars), "--max-length", str(args.max_length)] + (["--threads", str(args.threads)] if args.threads else [])
             out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
     for row in rows:

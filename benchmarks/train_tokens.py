@@ -2,9 +2,9 @@
 
     python benchmarks/train_tokens.py [--sessions 40] [--steps 20] [--targets rationale] [--threads N]
 
-Builds (or reuses) the tiny base in --cache, fine-tunes LoRA for --steps optimizer steps on a synthetic
+Takes the shipped tiny base (base/tiny), fine-tunes LoRA for --steps optimizer steps on a synthetic
 corpus and prints tokens/s (prompt + target tokens of the examples trained on, per second of training)
-and the process's peak resident memory. Nothing is written outside --cache and a temporary directory.
+and the process's peak resident memory. Nothing is written outside a temporary directory.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune", choices=["lora", "full"], default="lora")
     ap.add_argument("--no-share-prefix", action="store_true", help="encode every example in full")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "care-bench-cache")
     args = ap.parse_args(argv)
 
     import torch

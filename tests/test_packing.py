@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from care.errors import CareError  # noqa: E402
-from care.model.packing import (PACKED_ATTENTION, block_mask, pack_by_session, pack_session, packed_loss,  # noqa: E402
+from care.model.packing import (block_mask, pack_by_session, pack_session, packed_loss,  # noqa: E402
                           use_packed_attention)
 from care.model.prompts import IGNORE_INDEX  # noqa: E402
 from test_training import _params, base  # noqa: E402,F401  (the module-scoped tiny base fixture)

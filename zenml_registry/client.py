@@ -46,7 +46,7 @@ from care.errors import CareError, UsageError, label  # noqa: E402
 from care.fsutil import atomic_dir  # noqa: E402
 from care.release.manifest import MANIFEST, SIGNATURE, read_manifest, verify_package  # noqa: E402
 from care.registry.promotion import (  # noqa: E402
-    STAGES, Decision, decide_promotion, key_metrics, registry_metadata, several_holders_message, stage_conflicts)
+    STAGES, Decision, decide_promotion, key_metrics, registry_metadata, several_holders_message)
 
 PACKAGES_DIR = "care-packages"
 _COPY_CHUNK = 1 << 22

@@ -173,7 +173,6 @@ def shared_prefix_loss(model, examples: list[Example], pad_id: int, device,
     # labels[:, 0] is never a target (shared_prefix_length stops before it), so the shift stays in the suffix
     next_labels = labels[:, 1:]
     positions = (next_labels != IGNORE_INDEX).any(dim=0).nonzero(as_tuple=True)[0]
-    n_targets = int((next_labels != IGNORE_INDEX).sum())
     mask = torch.cat([torch.ones((len(examples), shared), dtype=torch.long, device=device), batch["attention_mask"]], 1)
     out = model(input_ids=batch["input_ids"], attention_mask=mask, past_key_values=cache, use_cache=True,
                 logits_to_keep=positions)
