@@ -92,18 +92,12 @@ def test_concurrent_promotions_are_decided_one_after_the_other(zenml_store, tmp_
         rounds = [(p[0], p[index]) for p in pairs]
         procs[who] = subprocess.Popen([sys.executable, "-c", WORKER, who, json.dumps(rounds), str(sync)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not all((sync / f"ready-{w}").exists() for w in procs):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs.values()), "workers did not start"
-        time.sleep(0.05)
-    for k in range(ROUNDS):
-        (sync / f"go-{k}").touch()  # both processes promote at the same instant
-        while not all((sync / f"done-{k}-{w}").exists() for w in procs):
-            failed = {w: p for w, p in procs.items() if p.poll() not in (None, 0)}
-            assert not failed, {w: p.communicate()[1][-2000:] for w, p in failed.items()}
-            assert time.monotonic() < deadline, "the promotions did not finish"
-            time.sleep(0.02)
-    outs = {w: p.communicate(timeout=120) for w, p in procs.items()}
+    try:
+        outs = _release_rounds(procs, sync)
+    finally:
+        for p in procs.values():  # a failed round never leaves a worker waiting for its signal
+            if p.poll() is None:
+                p.kill()
     text = "".join(o + e for o, e in outs.values())
     assert "Traceback" not in text, text[-2000:]
     for k, (model, holder, a, b) in enumerate(pairs):
@@ -130,6 +124,23 @@ def _force_second_holder(client, model: str, version: int) -> None:
         mv.stage = "production"
         session.add(mv)
         session.commit()
+
+
+def _release_rounds(procs: dict, sync: Path) -> dict:
+    """Signal each round to both workers at once; their (stdout, stderr) when all rounds are done."""
+    deadline = time.monotonic() + 300
+    while not all((sync / f"ready-{w}").exists() for w in procs):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs.values()), "workers did not start"
+        time.sleep(0.05)
+    for k in range(ROUNDS):
+        (sync / f"go-{k}").touch()  # both processes promote at the same instant
+        while not all((sync / f"done-{k}-{w}").exists() for w in procs):
+            failed = {w: p for w, p in procs.items() if p.poll() not in (None, 0)}
+            assert not failed, {w: p.communicate()[1][-2000:] for w, p in failed.items()}
+            assert time.monotonic() < deadline, "the promotions did not finish"
+            time.sleep(0.02)
+    outs = {w: p.communicate(timeout=120) for w, p in procs.items()}
+    return outs
 
 
 def test_readers_survive_a_store_with_two_production_holders(zenml_store, tmp_path, run_cli):
