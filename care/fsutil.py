@@ -99,6 +99,18 @@ def check_output_dir(out: str | Path, marker: str, recognise: Callable[[Any], bo
                         "refusing to write into it: choose another --out, or move it away")
 
 
+def read_utf8(path: str | Path, missing: str) -> str:
+    """A text file's content (a leading BOM dropped); one-line CareErrors for a missing file (`missing` says
+    what was expected) and for bytes that are not UTF-8 (their offset, never the bytes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CareError(f"{path}: {missing}")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CareError(f"{path}: not UTF-8 (byte offset {exc.start})") from None
+
+
 def _atomic_write_bytes(path: Path, data: bytes, mode: int, tmp_prefix: str | None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=tmp_prefix or f".{path.name}.", suffix=".tmp", dir=path.parent)

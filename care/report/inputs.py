@@ -16,6 +16,7 @@ from care.data.instrument import Instrument
 from care.data.reader import read_jsonl
 from care.data.schema import Session
 from care.errors import CareError, InvalidData, Problem, label
+from care.fsutil import read_utf8
 
 Interval = tuple[float, float]
 
@@ -65,12 +66,7 @@ def _field(loc: tuple) -> str:
 
 def read_scores(path: Path) -> list[tuple[int, SessionResult]]:
     """(line number, record) for every line of a `care score` output; InvalidData lists every problem."""
-    if not path.is_file():
-        raise CareError(f"{path}: no such file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CareError(f"{path}: file is not UTF-8 (byte offset {exc.start})") from None
+    text = read_utf8(path, "no such file")
     out, problems = [], []
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():

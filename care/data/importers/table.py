@@ -37,6 +37,7 @@ from care.data.importers.mapping import Mapping, instrument_ref, item_fields, lo
 from care.data.instrument import Instrument, load_instrument
 from care.data.schema import Session, Turn
 from care.errors import CareError, label
+from care.fsutil import read_utf8
 
 IMPORTER = "care import table"
 REPORT = "import.json"
@@ -130,12 +131,7 @@ def _read_json_dir(path: Path) -> Iterator[_Raw | _Skip]:
 
 
 def _read_jsonl(path: Path) -> Iterator[_Raw | _Skip]:
-    if not path.is_file():
-        raise CareError(f"{path}: format jsonl needs a file with one JSON object per line")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CareError(f"{path}: not UTF-8 (byte offset {exc.start})") from None
+    text = read_utf8(path, "format jsonl needs a file with one JSON object per line")
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a string
         if not line.strip():
             continue
@@ -149,12 +145,7 @@ def _read_jsonl(path: Path) -> Iterator[_Raw | _Skip]:
 
 def _csv_rows(path: Path, delimiter: str, needed: list[str]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """(header, [(line of the row's start, row)]) of a CSV file; CareError when a needed column is absent."""
-    if not path.is_file():
-        raise CareError(f"{path}: no such file (named in the mapping's csv section)")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CareError(f"{path}: not UTF-8 (byte offset {exc.start})") from None
+    text = read_utf8(path, "no such file (named in the mapping's csv section)")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
