@@ -34,7 +34,8 @@ from zenml_env import clean_subprocess_env
 ROOT = Path(__file__).resolve().parents[1]
 CARE = [sys.executable, "-c", "from care_cli.main import app; app()"]
 DVC = [sys.executable, "-m", "dvc"]
-TIMING_KEYS = {"train_seconds", "wall_s", "tokens_per_s"}  # wall-clock numbers: the only ones allowed to differ
+TIMING_KEYS = {"train_seconds", "wall_s", "tokens_per_s", "first_step_s", "tokens_per_s_after_first", "seconds",
+               "time_ratio"}  # wall-clock numbers: the only ones allowed to differ
 
 # `care` with a pause point: when a condition named by the environment is reached, write the sentinel file
 # and wait (for the SIGKILL). Nothing else changes; without the variables it is plain `care`.

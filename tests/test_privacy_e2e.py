@@ -36,6 +36,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from zenml_env import clean_subprocess_env
 
@@ -233,7 +234,11 @@ def _write_rows(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
     w = World(tmp_path_factory.mktemp("privacy"))
-    params = str(ROOT / "params.ci.yaml")
+    ci = yaml.safe_load((ROOT / "params.ci.yaml").read_text("utf-8"))
+    ci["model"]["tiny_base"] = {"path": str(ROOT / "base" / "tiny")}  # the shipped base, outside this world
+    params = str(w.base / "params.ci.yaml")
+    Path(params).write_text(yaml.safe_dump(ci), "utf-8")
+    os.chmod(params, 0o600)
 
     # A DVC-tracked repository holding 50 marked sessions; 10 more marked sessions come in through intake.
     w.run("git", "init", "-q")
