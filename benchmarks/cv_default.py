@@ -1,7 +1,8 @@
 """The README's main command on the default data: wall time and peak memory.
 
-    python benchmarks/cv_default.py                 # a fresh clone of HEAD: `bash scripts/setup.sh`, then
-                                                    # `dvc repro` (the whole pipeline, release included)
+    python benchmarks/cv_default.py [--keep DIR]    # a fresh clone of HEAD: `bash scripts/setup.sh`, then
+                                                    # `dvc repro` (the whole pipeline, release included);
+                                                    # --keep leaves the clone (metrics/, release/) in DIR
     python benchmarks/cv_default.py --cv-only [--set KEY=VALUE ...]
                                                     # `care train --no-release` in this checkout
 
@@ -57,8 +58,10 @@ def _means(cv: Path) -> None:
         print(f"  {name}: {cells}")
 
 
-def fresh_clone() -> int:
-    work = Path(tempfile.mkdtemp(prefix="care-fresh-"))
+def fresh_clone(keep: Path | None) -> int:
+    work = keep.resolve() if keep else Path(tempfile.mkdtemp(prefix="care-fresh-"))
+    if keep and keep.exists():
+        raise SystemExit(f"--keep {keep}: exists; name a new directory")
     clone = work / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     env = _env(work)
@@ -70,7 +73,8 @@ def fresh_clone() -> int:
         total += repro_wall
         print(f"fresh clone total: {total:.1f} s ({total / 60:.1f} min); peak RSS {max(filter(None, [setup_mb, repro_mb]), default=0):.0f} MB")
         _means(clone / "metrics" / "cv_detail.json")
-    shutil.rmtree(work, ignore_errors=True)
+    if keep is None:
+        shutil.rmtree(work, ignore_errors=True)
     return rc
 
 
@@ -87,8 +91,9 @@ def cv_only(extra: list[str]) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cv-only", action="store_true", help="care train --no-release in this checkout")
+    ap.add_argument("--keep", type=Path, help="fresh clone: keep it (and its ZenML store) in this new directory")
     args, extra = ap.parse_known_args()
-    sys.exit(cv_only(extra) if args.cv_only else fresh_clone())
+    sys.exit(cv_only(extra) if args.cv_only else fresh_clone(args.keep))
 
 
 if __name__ == "__main__":
