@@ -235,7 +235,7 @@ def _write_rows(path: Path, rows: list[dict]) -> Path:
 def world(tmp_path_factory) -> World:
     w = World(tmp_path_factory.mktemp("privacy"))
     ci = yaml.safe_load((ROOT / "params.ci.yaml").read_text("utf-8"))
-    ci["model"]["tiny_base"] = {"path": str(ROOT / "base" / "tiny")}  # the shipped base, outside this world
+    ci["model"]["tiny_base"]["path"] = str(ROOT / "base" / "tiny")  # the shipped base, outside this world
     params = str(w.base / "params.ci.yaml")
     Path(params).write_text(yaml.safe_dump(ci), "utf-8")
     os.chmod(params, 0o600)
