@@ -113,3 +113,18 @@ def test_real_presets_resolve_to_a_hub_id_or_a_local_directory(micro, tmp_path):
     assert ref == (root / "base").resolve()
     with pytest.raises(CareError, match="config.json"):
         prepare_base(load_params(params_file, [f"model.base={tmp_path}"]))  # a directory without a model
+
+
+def test_the_shipped_base_is_the_pinned_one_and_covers_common_scripts():
+    """base/tiny (pulled by scripts/setup.sh) has the digest params.yaml pins, was built with params.yaml's
+    model.base_build, and its tokenizer gives no common script fewer than one token per 1.2 characters."""
+    root = Path(__file__).resolve().parents[1]
+    p = load_params(root / "params.yaml")
+    base = root / p.model.tiny_base.path
+    assert base_digest(base) == p.model.tiny_base.digest
+    card = json.loads((base / BASE_CARD).read_text("utf-8"))
+    assert card["base_build"] == p.model.base_build.model_dump(mode="json")
+    report = card["tokenizer"]
+    assert {"zh", "en", "ja_JP", "ko_KR", "ru_RU", "el_GR", "ar_AA", "hi_IN", "th_TH"} <= set(report)
+    assert all(r["tokens_per_char"] < 1.2 for r in report.values()), report
+    assert report["zh"]["tokens_per_char"] < 0.5 and report["en"]["tokens_per_char"] < 0.3
