@@ -1,6 +1,6 @@
 """The `tiny` preset's building blocks: a byte-level BPE tokenizer trained offline and a small Llama.
 
-Everything here runs offline on CPU in seconds; `care.model.presets` caches the pretrained result.
+Everything here runs offline on CPU in seconds; `care.model.base_build` pretrains the result (`care base build`).
 """
 
 from __future__ import annotations
