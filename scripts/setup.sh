@@ -17,7 +17,8 @@ if [[ "$extra" == "cpu" ]]; then
   # The CPU build of torch; a plain `torch` requirement would pull a multi-GB CUDA build.
   python -m pip install --quiet "torch==2.13.0"
 fi
-python -m pip install --quiet -e ".[${extra},dev]"
+# setuptools prints a page of notices about editable installs (UserWarning subclasses) on every set-up.
+PYTHONWARNINGS=ignore::UserWarning python -m pip install --quiet -e ".[${extra},dev]"
 python -m pip check
 export DVC_NO_ANALYTICS=1
 dvc pull --quiet data.dvc base.dvc
