@@ -120,6 +120,41 @@ def test_shared_prefix_loss_matches_separate_examples(base):
     assert abs(float(a) - float(b)) < 1e-3 * float(b)
 
 
+def test_the_head_on_target_rows_only_equals_the_union_of_positions(base, monkeypatch):
+    """The LM head runs on each row's own targets; a model whose logits are not its output embedding of the
+    last hidden state takes the union-of-positions path (the shared prefix's cache cropped back first):
+    the same loss and gradients either way."""
+    from care.model.presets import load_base
+    from care.model.training import collate, shared_prefix_loss, target_loss
+
+    path, tok, examples = base
+    model, _ = load_base(path, None, "cpu")
+    group = [e for e in examples if e.session_id == examples[0].session_id][:5]
+
+    def loss_and_grad(fn):
+        model.zero_grad()
+        loss, n = fn()
+        loss.backward()
+        return float(loss.detach()), n, model.lm_head.weight.grad.clone()
+
+    import care.model.training as training
+
+    calls = []
+    real = training.weighted_ce_rows
+    monkeypatch.setattr(training, "weighted_ce_rows", lambda *a: calls.append(1) or real(*a))
+    rows = [loss_and_grad(lambda: target_loss(model, collate(group, tok.pad_token_id), 30.0)),
+            loss_and_grad(lambda: shared_prefix_loss(model, group, tok.pad_token_id, "cpu", 30.0))]
+    assert len(calls) == 2
+    monkeypatch.setattr(type(model), "get_output_embeddings", lambda self: None)
+    union = [loss_and_grad(lambda: target_loss(model, collate(group, tok.pad_token_id), 30.0)),
+             loss_and_grad(lambda: shared_prefix_loss(model, group, tok.pad_token_id, "cpu", 30.0))]
+    assert len(calls) == 2
+    for (a, na, ga), (b, nb, gb) in zip(rows, union):
+        assert na == nb
+        assert abs(a - b) < 1e-5 * b
+        assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-7)
+
+
 def test_finetune_deterministic_and_reloads(base, tmp_path):
     from care.model.training import STATS_FILE, load_finetuned
 

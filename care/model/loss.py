@@ -34,6 +34,17 @@ def weighted_ce(logits, next_labels, keep, score_weight: float):
     return (ce * weights).sum(), float(weights.sum())
 
 
+def weighted_ce_rows(logits, next_labels, score_weight: float):
+    """`weighted_ce` for `logits` (n, vocab) given only at the target positions of `next_labels`, in
+    row-major order of `next_labels != IGNORE_INDEX`."""
+    import torch.nn.functional as F
+
+    valid = next_labels != IGNORE_INDEX
+    weights = token_weights(next_labels, score_weight)[valid]
+    ce = F.cross_entropy(logits.float(), next_labels[valid], reduction="none")
+    return (ce * weights).sum(), float(weights.sum())
+
+
 def target_weight(examples: list[Example], score_weight: float) -> float:
     """The weighted target-token count of `examples` (the loss normaliser for a step)."""
     n = sum(sum(1 for x in e.labels[1:] if x != IGNORE_INDEX) for e in examples)

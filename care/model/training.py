@@ -28,7 +28,7 @@ from pathlib import Path
 
 from care.errors import CareError
 from care.params import Params
-from care.model.loss import target_weight, weighted_ce
+from care.model.loss import target_weight, weighted_ce, weighted_ce_rows
 from care.model.packing import (PackedSession, pack_by_session, packed_loss, restore_attention, shared_prefix_length,
                                 use_packed_attention)
 from care.model.prompts import IGNORE_INDEX, Example
@@ -132,16 +132,38 @@ def target_loss(model, batch, score_weight: float = 1.0) -> tuple["torch.Tensor"
     """(sum of target-token cross-entropy, number of target tokens) for one batch; with `score_weight`
     the score digit (each row's first target token) counts that many times in both.
 
-    Logits are computed only at positions that predict a target token (the union over the batch).
+    Logits are computed only at the positions that predict a target token (`_batch_target_loss`).
     """
     labels = batch["labels"]
     next_labels = labels[:, 1:]
-    positions = (next_labels != IGNORE_INDEX).any(dim=0).nonzero(as_tuple=True)[0]
-    n_targets = int((next_labels != IGNORE_INDEX).sum())
-    if n_targets == 0:
+    if int((next_labels != IGNORE_INDEX).sum()) == 0:
         raise CareError("a training batch has no target tokens")
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions,
-                use_cache=False)
+    return _batch_target_loss(model, next_labels, score_weight, input_ids=batch["input_ids"],
+                              attention_mask=batch["attention_mask"], use_cache=False)
+
+
+def _batch_target_loss(model, next_labels, score_weight: float, **inputs):
+    """The forward of a padded batch and its target loss. The LM head runs only on the rows' own target
+    positions (a batch's union of positions is mostly other rows' prompts and padding, and with a large
+    vocabulary the head is most of the step); a model whose logits are not its output embedding applied
+    to the last hidden state gets the union of positions instead, with the same loss."""
+    valid = next_labels != IGNORE_INDEX
+    cache = inputs.get("past_key_values")
+    cached = cache.get_seq_length() if cache is not None else 0
+    out = model(**inputs, logits_to_keep=1, output_hidden_states=True)
+    hidden = out.hidden_states[-1] if out.hidden_states else None
+    head = getattr(model, "module", model).get_output_embeddings()
+    if hidden is not None and head is not None and out.logits.shape[1] == 1:
+        import torch
+
+        with torch.no_grad():
+            same = torch.allclose(head(hidden[:, -1:]).float(), out.logits.float(), rtol=1e-4, atol=1e-4)
+        if same:
+            return weighted_ce_rows(head(hidden[:, :-1][valid]), next_labels, score_weight)
+    positions = valid.any(dim=0).nonzero(as_tuple=True)[0]
+    if cache is not None:
+        cache.crop(cached)  # the first forward appended this batch to the shared prefix's cache
+    out = model(**inputs, logits_to_keep=positions)
     logits = out.logits
     if logits.shape[1] != positions.numel():  # a model without logits_to_keep support: all positions came back
         logits = logits[:, positions]
@@ -172,14 +194,9 @@ def shared_prefix_loss(model, examples: list[Example], pad_id: int, device,
     labels = batch["labels"]
     # labels[:, 0] is never a target (shared_prefix_length stops before it), so the shift stays in the suffix
     next_labels = labels[:, 1:]
-    positions = (next_labels != IGNORE_INDEX).any(dim=0).nonzero(as_tuple=True)[0]
     mask = torch.cat([torch.ones((len(examples), shared), dtype=torch.long, device=device), batch["attention_mask"]], 1)
-    out = model(input_ids=batch["input_ids"], attention_mask=mask, past_key_values=cache, use_cache=True,
-                logits_to_keep=positions)
-    logits = out.logits
-    if logits.shape[1] != positions.numel():
-        logits = logits[:, positions]
-    return weighted_ce(logits, next_labels, positions, score_weight)
+    return _batch_target_loss(model, next_labels, score_weight, input_ids=batch["input_ids"], attention_mask=mask,
+                              past_key_values=cache, use_cache=True)
 
 
 def _scheduler(optimizer, kind: str, total: int, warmup: int):
