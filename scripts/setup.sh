@@ -13,12 +13,12 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
-if [[ "$extra" == "cpu" ]]; then
-  # The CPU build of torch; a plain `torch` requirement would pull a multi-GB CUDA build.
-  python -m pip install --quiet "torch==2.13.0"
-fi
-# setuptools prints a page of notices about editable installs (UserWarning subclasses) on every set-up.
-PYTHONWARNINGS=ignore::UserWarning python -m pip install --quiet -e ".[${extra},dev]"
+torch_pin=()
+# The CPU build of torch; a plain `torch` requirement would pull a multi-GB CUDA build.
+if [[ "$extra" == "cpu" ]]; then torch_pin=("torch==2.13.0"); fi
+# One resolve for everything; no byte-compiling of every installed file (Python compiles what it imports,
+# once); setuptools prints a page of notices about editable installs (UserWarning subclasses) otherwise.
+PYTHONWARNINGS=ignore::UserWarning python -m pip install --quiet --no-compile "${torch_pin[@]}" -e ".[${extra},dev]"
 python -m pip check
 export DVC_NO_ANALYTICS=1
 dvc pull --quiet data.dvc base.dvc

@@ -249,3 +249,20 @@ def test_rationale_quality_known_strings():
     none = rationale_quality([("no quotes here at all", ref_en, utts_en, "en")], marks)
     assert none["n_quotes"] == 0 and none["grounding_rate"] is None
     assert rationale_quality([], marks)["bleu"] is None
+
+
+def test_max_new_tokens_zero_reads_the_answer_position_only(setup):
+    """With max_new_tokens=0 (the zero-shot baseline reads only the expected score) a non-digit answer is
+    not decoded further: greedy stays unparsed, the expected score is the same as with the fallback."""
+    instrument, sessions, tokenizer, builder, model = setup
+    nl = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    forced = _force(model, nl)
+    calls = []
+    forced.lm_head.register_forward_hook(lambda *_: calls.append(1))
+    none = score_sessions(forced, tokenizer, builder, sessions[:1], max_new_tokens=0, progress=False)[0]
+    n_none = len(calls)
+    fallback = score_sessions(forced, tokenizer, builder, sessions[:1], progress=False)[0]
+    assert len(calls) - n_none > n_none  # the fallback decodes further; max_new_tokens=0 does not
+    for item in instrument.item_ids:
+        assert none.items[item].greedy is None
+        assert none.items[item].expected == fallback.items[item].expected

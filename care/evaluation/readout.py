@@ -134,7 +134,7 @@ def _read_answers(logits: np.ndarray, digit_ids: list[int], points: list[int]) -
 def _generation_steps(answers: list[_Answer], digit_ids: list[int], rationales: bool, max_new_tokens: int) -> int:
     if rationales:
         return max(max_new_tokens - 1, 0)
-    return FALLBACK_TOKENS if any(a.first not in digit_ids for a in answers) else 0
+    return min(FALLBACK_TOKENS, max_new_tokens) if any(a.first not in digit_ids for a in answers) else 0
 
 
 @dataclass
@@ -301,7 +301,8 @@ def score_sessions(backend: Backend, builder: PromptBuilder, sessions: Iterable[
 
     `batch_size`: item rows per forward pass; `session_batch`: sessions whose transcripts run as one batch
     (shared cache only; the sessions are taken in input order). `grounded_quotes` (with `rationales`):
-    quotations are constrained to verbatim spans of the transcript."""
+    quotations are constrained to verbatim spans of the transcript. `max_new_tokens` also bounds the greedy
+    fallback (0: the answer position only, when only the expected score is read)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:

@@ -112,7 +112,9 @@ def score_fold(data: DataRef, folds_doc: dict, k: int, fit: FitParams, eval: Eva
         from care.model.presets import load_base
 
         base_lm, base_tok = load_base(base.path, fit)
-        zs = score_sessions(base_lm, base_tok, builder(fit, base_tok, instrument), test, batch_size=eval.batch_size)
+        # only its expected score is read: no greedy fallback decoding (max_new_tokens=0)
+        zs = score_sessions(base_lm, base_tok, builder(fit, base_tok, instrument), test, batch_size=eval.batch_size,
+                            max_new_tokens=0)
         zs_items, _, zs_unparsed = readout(zs, instrument, "expected")
         result["zero_shot"] = {"predictions": zs_items, "unparsed": zs_unparsed}
     atomic_write_json(cached, result)
