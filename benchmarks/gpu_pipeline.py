@@ -42,18 +42,36 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-STAGES = ("init", "train", "score", "merge", "export", "parity")
-NEEDS = {"train": "init", "score": "init", "merge": "train", "export": "merge", "parity": "export"}
-# Rough seconds per stage on an H200 (merge runs on the CPU in float32; export and merge write the weights);
-# a first run's JSON gives the real ones.
-ESTIMATE_S = {"8b": {"init": 60, "train": 90, "score": 60, "merge": 180, "export": 180, "parity": 180},
-              "1b": {"init": 15, "train": 30, "score": 30, "merge": 40, "export": 50, "parity": 40},
-              "tiny": {stage: 5 for stage in STAGES}}
-# per shape: optimizer steps (2 sessions each), sessions scored per item / with the shared cache, parity
-# sessions' utterances (short: ONNX Runtime may run the fp16 model on the CPU)
-SETTINGS = {"8b": dict(steps=6, naive=2, shared=8, parity_utterances=12),
-            "1b": dict(steps=10, naive=4, shared=16, parity_utterances=24),
-            "tiny": dict(steps=3, naive=1, shared=3, parity_utterances=10)}
+STAGES = ("init", "train", "profile", "equivalence", "score", "merge", "export", "parity")
+NEEDS = {"train": "init", "profile": "init", "equivalence": "init", "score": "init", "merge": "train", "export": "merge", "parity": "export"}
+# Rough seconds per stage on an H200 (merge runs on the CPU in float32; export and merge write the weights), and
+# per fine-tune variant; the JSON records what each really took.
+ESTIMATE_S = {"8b": {"init": 60, "train": 150, "variant": 30, "profile": 40, "equivalence": 30, "score": 60, "merge": 60, "export": 150,
+                     "parity": 120},
+              "1b": {"init": 15, "train": 60, "variant": 10, "profile": 15, "equivalence": 10, "score": 30, "merge": 15, "export": 50,
+                     "parity": 40},
+              "tiny": {stage: 5 for stage in (*STAGES, "variant")}}
+# per shape: optimizer steps of each variant (4 sessions each, the first untimed), sessions scored per item, the
+# shared-cache grid (session batch, item rows per pass) and its sessions, parity sessions' utterances (short: ONNX
+# Runtime may run the fp16 model on the CPU)
+SETTINGS = {"8b": dict(steps=4, naive=1, shared=32, grid=((1, 16), (4, 48), (8, 96), (16, 96), (32, 192)),
+                       parity_utterances=12),
+            "1b": dict(steps=4, naive=2, shared=32, grid=((1, 16), (4, 48), (8, 96), (16, 96), (32, 192)),
+                       parity_utterances=24),
+            "tiny": dict(steps=3, naive=1, shared=4, grid=((1, 16), (2, 24)), parity_utterances=10)}
+# The fold step: the real presets' default (every decision auto), then one change at a time from the previous default (checkpointing on, float32 adapters under autocast,
+# LoRA dropout 0.05, one session a forward, no fused kernels) towards it. Each entry: params overrides on top of the real preset's resolved params.
+_BEFORE = {"model.gradient_checkpointing": True, "train.adapter_dtype": "float32", "lora.dropout": 0.05,
+           "train.sessions_per_forward": 1, "train.fused_kernels": "none"}
+VARIANTS = (  # the default first: if the deadline cuts the list, what it cuts is the one-by-one steps
+    ("default", {}),
+    ("before", _BEFORE),
+    ("no_checkpointing", {**_BEFORE, "model.gradient_checkpointing": False}),
+    ("bf16_adapters", {**_BEFORE, "model.gradient_checkpointing": False, "train.adapter_dtype": "bfloat16"}),
+    ("no_dropout", {**_BEFORE, "model.gradient_checkpointing": False, "train.adapter_dtype": "bfloat16",
+                    "lora.dropout": 0.0}),
+    ("sessions_per_forward", {"train.fused_kernels": "none"}),
+)
 FOLD = {"sessions": 630, "items": 12, "transcript_tokens": 1500}  # a CounselingWAI-sized training fold
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # dense bf16, vendor spec
 TOKENIZER_VOCAB = 2048
@@ -233,8 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transcript-tokens", type=int, default=None, help="default 1500 (tiny: 200)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps timed (default by shape)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="for MFU (default: the GPU's bf16 spec)")
+    ap.add_argument("--variants", default=",".join(v for v, _ in VARIANTS),
+                    help="fine-tune variants to time, comma-separated subset of " + ",".join(v for v, _ in VARIANTS))
+    ap.add_argument("--profile-out", type=Path, default=None, help="the profile stage's operator tables (text)")
+    ap.add_argument("--reuse-base", action="store_true", help="keep a base already in --work/base (same shape)")
     args = ap.parse_args(argv)
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if "merge" in args.stages and "default" not in args.variants:
+        ap.error("the merge stage merges the default variant's adapter: keep `default` in --variants")
     unknown = sorted(set(args.stages) - set(STAGES))
     if unknown:
         ap.error(f"unknown stage(s) {', '.join(unknown)} (known: {', '.join(STAGES)})")
@@ -281,15 +306,11 @@ def _pipeline(run: Run, args) -> int:
     from random_llama import llama_config, random_llama
 
     dev, shape = args.device, args.shape
-    params = Params()
-    params.model.max_length = max(4096, 2 * tokens)
-    params.train.packing = "session"  # the real presets' layout
-    params.train.lr = 1e-4  # LoRA on a real preset (README)
-    params.train.max_steps = settings["steps"]
+    params = _real_params(args.work / "base", settings["steps"], max(4096, 2 * tokens), {})
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     config = llama_config(shape)
     n_params = None
-    base, adapter, merged, onnx_dir = (args.work / d for d in ("base", "adapter", "merged", "onnx"))
+    base, adapter, merged, onnx_dir = (args.work / d for d in ("base", "adapter-default", "merged", "onnx"))
     instrument = load_instrument("wai-sr")
     state: dict = {}
 
@@ -297,21 +318,29 @@ def _pipeline(run: Run, args) -> int:
         from care.data.synth import generate
         from care.model.tiny import train_tokenizer
 
-        corpus, _ = generate(n_sessions=60, language="zh", seed=7)
-        texts = [render_transcript(s) for s in corpus] + [item_block(instrument, i, "zh") for i in instrument.item_ids]
-        tok = train_tokenizer(texts + ["0123456789\n"] * 10, TOKENIZER_VOCAB)
-        model = random_llama(shape, dev, dtype, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id)
-        total = sum(p.numel() for p in model.parameters())
-        model.save_pretrained(base, safe_serialization=True)
-        tok.save_pretrained(base)
-        del model
-        if dev == "cuda":
-            torch.cuda.empty_cache()
+        reused = (base / "config.json").is_file() and args.reuse_base
+        if reused:
+            from transformers import AutoConfig
+
+            cfg = AutoConfig.from_pretrained(base)
+            total = _approx_params(cfg)
+        else:
+            corpus, _ = generate(n_sessions=60, language="zh", seed=7)
+            texts = [render_transcript(s) for s in corpus] + [item_block(instrument, i, "zh")
+                                                             for i in instrument.item_ids]
+            tok = train_tokenizer(texts + ["0123456789\n"] * 10, TOKENIZER_VOCAB)
+            model = random_llama(shape, dev, dtype, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                 pad_token_id=tok.pad_token_id)
+            total = sum(p.numel() for p in model.parameters())
+            model.save_pretrained(base, safe_serialization=True)
+            tok.save_pretrained(base)
+            del model
+            if dev == "cuda":
+                torch.cuda.empty_cache()
         state["tokenizer"] = load_tokenizer(base)
         state["builder"] = PromptBuilder(state["tokenizer"], instrument, params.model.max_length,
                                          params.model.target_tokens, params.model.prompt_date)
-        return {"parameters": total, "dtype": str(dtype).replace("torch.", ""),
+        return {"parameters": total, "dtype": str(dtype).replace("torch.", ""), "reused": reused,
                 "base_bytes": sum(f.stat().st_size for f in base.iterdir())}
 
     approx_params = _approx_params(config)
@@ -324,7 +353,7 @@ def _pipeline(run: Run, args) -> int:
         from care.model.packing import pack_by_session
         from care.model.prompts import build_examples
 
-        sessions, mean_prefix = _sessions(state["builder"], 2 * settings["steps"] + 2, 11, tokens)
+        sessions, mean_prefix = _sessions(state["builder"], 4 * settings["steps"], 11, tokens)
         examples, _ = build_examples(sessions, state["builder"], "rationale")
         packed = pack_by_session(examples)
         flops = [_train_flops(p, config) for p in packed]
@@ -332,31 +361,162 @@ def _pipeline(run: Run, args) -> int:
         model_per_token = sum(f[0] for f in flops) / packed_tokens
         hw_per_token = sum(f[1] for f in flops) / packed_tokens
         item_tokens = (packed_tokens - sum(p.blocks.count(0) for p in packed)) / sum(p.n_items for p in packed)
-        if dev == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        stats = run_finetune(base, examples, params, adapter, desc=f"{shape} fold fine-tune")
-        rate = stats["tokens_per_s_after_first"] or stats["tokens_per_s"]
         peak = _peak_flops(args, env)
         fold_tokens = FOLD["sessions"] * (FOLD["transcript_tokens"] + FOLD["items"] * item_tokens)
+        rows, first_losses = {}, {}
+        for name, overrides in VARIANTS:
+            if name not in args.variants:
+                continue
+            if run.elapsed() + ESTIMATE_S[shape]["variant"] > args.deadline_s - ESTIMATE_S[shape]["score"]:
+                rows[name] = {"status": "skipped", "reason": "deadline"}
+                continue
+            vparams = _real_params(base, settings["steps"], params.model.max_length, overrides)
+            if dev == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            started = time.perf_counter()
+            try:
+                stats = run_finetune(base, examples, vparams, args.work / f"adapter-{name}", desc=f"{shape} {name}")
+            except Exception as exc:  # noqa: BLE001 - one variant failing leaves the others' figures
+                traceback.print_exc()
+                rows[name] = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                continue
+            rate = stats["tokens_per_s_after_first"] or stats["tokens_per_s"]
+            first_losses[name] = stats["first_loss"]
+            rows[name] = {
+                "status": "done", "seconds": round(time.perf_counter() - started, 1), "overrides": overrides,
+                "gradient_checkpointing": stats["gradient_checkpointing"],
+                "sessions_per_step": stats["sessions_per_step"], "sessions_per_forward": stats["sessions_per_forward"],
+                "precision": stats["precision"], "fused_kernels": stats["fused_kernels"], "memory": stats["memory"],
+                "tokens_per_s": stats["tokens_per_s"], "tokens_per_s_after_first": stats["tokens_per_s_after_first"],
+                "items_per_s_after_first": stats["items_per_s_after_first"], "first_step_s": stats["first_step_s"],
+                "first_loss": stats["first_loss"], "final_loss": stats["final_loss"],
+                "peak_gpu_gib": stats["peak_gpu_gib"],
+                "model_tflops_per_s": round(model_per_token * rate / 1e12, 2),
+                "mfu": round(model_per_token * rate / peak, 4) if peak else None,
+                "hfu_with_recompute": round((hw_per_token if stats["gradient_checkpointing"] else model_per_token)
+                                            * rate / peak, 4) if peak else None,
+                "fold_epoch_s_estimate": round(fold_tokens / rate, 1),
+            }
+            run.log(f"  {name}: {rate:.0f} tokens/s, MFU {rows[name]['mfu']}, peak {stats['peak_gpu_gib']} GiB, "
+                    f"checkpointing {stats['gradient_checkpointing']}, {stats['sessions_per_forward']} a forward")
+            state["default_params"] = vparams if name == "default" else state.get("default_params")
+        base_loss = first_losses.get("before")
         return {
-            "steps": stats["steps"], "sessions_per_step": stats["sessions_per_step"], "packing": stats["packing"],
-            "mixed_precision": stats["mixed_precision"], "gradient_checkpointing": stats["gradient_checkpointing"],
             "mean_transcript_tokens": round(mean_prefix, 1), "mean_item_tokens": round(item_tokens, 1),
-            "tokens_per_s": stats["tokens_per_s"], "tokens_per_s_after_first": stats["tokens_per_s_after_first"],
-            "first_step_s": stats["first_step_s"], "first_loss": stats["first_loss"], "final_loss": stats["final_loss"],
-            "trainable_parameters": stats["trainable_parameters"],
-            "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev == "cuda" else None,
-            "model_tflops_per_s": round(model_per_token * rate / 1e12, 2),
-            "mfu": round(model_per_token * rate / peak, 4) if peak else None,
-            "hfu_with_recompute": round(hw_per_token * rate / peak, 4) if peak else None,
-            "peak_flops_assumed": peak,
+            "variants": rows, "peak_flops_assumed": peak,
+            "first_loss_rel_diff_vs_before": {k: round(abs(v - base_loss) / abs(base_loss), 6)
+                                              for k, v in first_losses.items()} if base_loss else None,
             "mfu_definition": "forward + input-gradient backward of the frozen weights, attention pairs the block "
                               "mask allows, LM head at target positions; HFU adds checkpointing's recompute",
-            "fold_epoch_s_estimate": round(fold_tokens / rate, 1),
-            "fold_epoch_basis": {**FOLD, "tokens": round(fold_tokens), "tokens_per_s": rate},
+            "fold_epoch_basis": {**FOLD, "tokens": round(fold_tokens)},
+            "examples": {"sessions": len(sessions), "items": len(examples)},
         }
 
     run.stage("train", train)
+
+    def profile() -> dict:
+        """torch.profiler over two steps of the default recipe: what the time goes to."""
+        from torch.profiler import ProfilerActivity, profile as torch_profile, schedule
+
+        from care.model.launch import run_finetune
+        from care.model.prompts import build_examples
+
+        sessions, _ = _sessions(state["builder"], 16, 11, tokens)
+        examples, _ = build_examples(sessions, state["builder"], "rationale")
+        vparams = _real_params(base, 4, params.model.max_length, {})
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev == "cuda" else [])
+        with torch_profile(activities=activities, schedule=schedule(wait=1, warmup=0, active=2, repeat=1)) as prof:
+            run_finetune(base, examples, vparams, args.work / "adapter-profile", desc=f"{shape} profile",
+                         step_callback=lambda step: prof.step())
+        averages = prof.key_averages()
+        by = "self_device_time_total" if dev == "cuda" else "self_cpu_time_total"
+        tables = averages.table(sort_by=by, row_limit=30) + "\n\n" + averages.table(sort_by="count", row_limit=20)
+        if args.profile_out:
+            Path(args.profile_out).write_text(tables, "utf-8")
+        ranked = sorted(averages, key=lambda e: -getattr(e, by))
+        return {"steps": 2, "self_cpu_s": round(sum(e.self_cpu_time_total for e in averages) / 1e6, 3),
+                "self_device_s": round(sum(e.self_device_time_total for e in averages) / 1e6, 3),
+                "operator_calls": sum(e.count for e in averages),
+                "top": [{"name": e.key, "calls": e.count, "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 1),
+                         "self_device_ms": round(e.self_device_time_total / 1e3, 1)} for e in ranked[:15]]}
+
+    run.stage("profile", profile)
+
+    def equivalence() -> dict:
+        """On the device, at this shape: the loss and adapter gradients of one packed session under each change of
+        the recipe against the previous default (float32 adapters under bf16 autocast), relative to the largest
+        gradient; and two sessions in one forward against the two one by one."""
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        from care.model.fused import apply_liger, choose_fused, decoder_of, fused_head_loss, head_of, liger_rope
+        from care.model.packing import concat_packed, pack_by_session, packed_inputs, packed_loss, use_packed_attention
+        from care.model.precision import MasterWeights
+        from care.model.presets import load_base
+        from care.model.prompts import build_examples
+
+        sessions, _ = _sessions(state["builder"], 2, 13, tokens)
+        examples, _ = build_examples(sessions, state["builder"], "rationale")
+        packs = pack_by_session(examples)
+        model, _ = load_base(base, params, dev, training=True)
+        use_packed_attention(model)
+        torch.manual_seed(0)  # random B, not the zero init: every adapter weight gets a gradient
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=16, lora_alpha=32, lora_dropout=0.0,
+                                                 target_modules=list(params.lora.target_modules),
+                                                 init_lora_weights=False))
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        sw = float(params.train.score_weight)
+        bf16 = dev == "cuda"
+
+        def grads(loss_fn, master=None):
+            loss = loss_fn()
+            loss.backward()
+            if master is None:
+                out = [p.grad.float().clone() for p in trainable]
+                for p in trainable:
+                    p.grad = None
+            else:
+                master.accumulate()
+                out = [m.grad.clone() for m in master.master]
+                torch._foreach_zero_([m.grad for m in master.master])
+            return float(loss.detach()), out
+
+        def rel(a, b):
+            (la, ga), (lb, gb) = a, b
+            scale = max(float(g.abs().max()) for g in ga)
+            return {"loss": round(abs(la - lb) / abs(la), 6),
+                    "gradients": round(max(float((x - y).abs().max()) for x, y in zip(ga, gb)) / scale, 6)}
+
+        one = packs[0]
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
+            reference = grads(lambda: packed_loss(model, one, dev, sw)[0])
+        master = MasterWeights(trainable) if bf16 else None
+        fast = grads(lambda: packed_loss(model, one, dev, sw)[0], master)
+        out = {"bf16_adapters_vs_float32_autocast": rel(reference, fast)}
+        separate = grads(lambda: sum(packed_loss(model, p, dev, sw)[0] for p in packs), master)
+        together = grads(lambda: packed_loss(model, concat_packed(packs), dev, sw)[0], master)
+        out["two_sessions_one_forward_vs_one_by_one"] = rel(separate, together)
+        fused = choose_fused(params, model.config.model_type, dev, 1)
+        if fused.kind == "liger":
+            apply_liger(model)
+            decoder, head = decoder_of(model), head_of(model)
+
+            def fused_loss():
+                x = packed_inputs(model, one, dev, sw)
+                hidden = decoder(input_ids=x.ids, position_ids=x.positions, use_cache=False, **x.attention)
+                return fused_head_loss(hidden.last_hidden_state[0], head.weight, x.next_labels, x.keep, sw)
+
+            with liger_rope(model.config.model_type):
+                out["liger_vs_plain_bf16"] = rel(fast, grads(fused_loss, master))
+        else:
+            out["liger_vs_plain_bf16"] = {"skipped": fused.reason}
+        del model, master, trainable
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+        return out
+
+    run.stage("equivalence", equivalence)
 
     def score() -> dict:
         from care.evaluation.torch_scoring import score_sessions
@@ -376,18 +536,35 @@ def _pipeline(run: Run, args) -> int:
         out = {"dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "mean_transcript_tokens":
                round(mean_prefix, 1), "naive_generate": {"sessions": settings["naive"],
                                                          "sessions_per_s": round(settings["naive"] / naive_s, 3)}}
-        for session_batch in (1, 4 if dev == "cuda" else 2):
-            score_sessions(model, tok, builder, sessions[:session_batch], session_batch=session_batch, progress=False)
-            _cuda_sync(dev)
-            t = time.perf_counter()
-            shared = score_sessions(model, tok, builder, sessions, session_batch=session_batch, progress=False)
-            _cuda_sync(dev)
+        for session_batch, rows in settings["grid"]:
+            if run.elapsed() + 20 > args.deadline_s:
+                out[f"shared_cache_session_batch_{session_batch}"] = {"status": "skipped", "reason": "deadline"}
+                continue
+            try:
+                score_sessions(model, tok, builder, sessions[:session_batch], session_batch=session_batch,
+                               batch_size=rows, progress=False)
+                _cuda_sync(dev)
+                if dev == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                t = time.perf_counter()
+                shared = score_sessions(model, tok, builder, sessions, session_batch=session_batch, batch_size=rows,
+                                        progress=False)
+                _cuda_sync(dev)
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory at a large batch; the others still count
+                traceback.print_exc()
+                out[f"shared_cache_session_batch_{session_batch}"] = {"status": "failed",
+                                                                      "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+                if dev == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             seconds = time.perf_counter() - t
             diff = max(abs(row[i][0] - s.items[i].expected) for row, s in zip(naive, shared) for i in row)
             out[f"shared_cache_session_batch_{session_batch}"] = {
-                "sessions": len(sessions), "sessions_per_s": round(len(sessions) / seconds, 3),
+                "sessions": len(sessions), "item_rows_per_pass": rows, "sessions_per_s": round(len(sessions) / seconds, 3),
                 "speedup_vs_naive": round(len(sessions) / seconds / (settings["naive"] / naive_s), 2),
-                "max_expected_diff_vs_naive": round(diff, 6)}
+                "max_expected_diff_vs_naive": round(diff, 6),
+                "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev == "cuda" else None}
+            run.log(f"  session batch {session_batch}: {len(sessions) / seconds:.2f} sessions/s")
         del model
         if dev == "cuda":
             torch.cuda.empty_cache()
@@ -441,6 +618,19 @@ def _pipeline(run: Run, args) -> int:
     failed = [s for s in args.stages if stages.get(s, {}).get("status") == "failed"]
     run.log(f"figures in {args.out}; " + ", ".join(f"{s}: {stages[s]['status']}" for s in args.stages if s in stages))
     return 1 if failed else 0
+
+
+def _real_params(base: Path, steps: int, max_length: int, overrides: dict):
+    """The params a real preset (llama-3.1-8b-instruct) resolves to with `base` as model.base, `steps` optimizer
+    steps and `max_length`, plus dotted `overrides`: the recipe `care train` would run."""
+    from care.params import Params
+
+    tree: dict = {"model": {"preset": "llama-3.1-8b-instruct", "base": str(base), "max_length": max_length},
+                  "train": {"max_steps": steps}}
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        tree.setdefault(section, {})[field] = value
+    return Params.model_validate(tree)
 
 
 def _approx_params(config) -> int:

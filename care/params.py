@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from care.errors import UsageError, label
 
@@ -100,17 +100,22 @@ class TinyBaseParams(_Section):
     digest: str | None = None  # sha256 over the base's files; None accepts any base (a warning names it)
 
 
+Auto = Literal["auto"]  # resolved from the preset's recipe when params are loaded (care.model.recipe)
+
+
 class ModelParams(_Section):
     preset: Literal["tiny", "llama-3.1-8b-instruct", "qwen2.5-7b-instruct"] = "tiny"
     base: str | None = None  # hub id or local path for the real presets (default: the preset's hub id)
-    finetune: Literal["lora", "full"] = "lora"
-    max_length: Count = 1024
+    finetune: Literal["auto", "lora", "full"] = "auto"  # auto: the preset's recipe (tiny full, real presets lora)
+    max_length: Count | Auto = "auto"  # context in tokens; auto: tiny 1024, real presets 8192 (the paper's)
     # a transcript longer than the context: keep_end keeps its end (drops whole turns from the start);
     # keep_start_end keeps the opening and the end, dropping turns in the middle (care.model.prompts)
     context_policy: Literal["keep_end", "keep_start_end"] = "keep_end"
     target_tokens: Count = 128  # room kept after each prompt for the target (score + rationale); longer is clipped
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    gradient_checkpointing: bool | None = None  # None: on for real presets, off for tiny
+    # None: off for tiny; for the real presets decided by memory when training starts (care.model.memory): off
+    # when the step fits `train.memory_cap_gib`, on otherwise
+    gradient_checkpointing: bool | None = None
     # the date every chat template sees (Llama 3.1 writes "Today Date" into the system prompt): fixed, so
     # prompts, cache keys and scores do not change from one day to the next
     prompt_date: date = date(2024, 7, 26)
@@ -121,22 +126,37 @@ class ModelParams(_Section):
 class LoraParams(_Section):
     r: Count = 16
     alpha: Count = 32
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    dropout: Annotated[float, Field(ge=0, lt=1)] | Auto = "auto"  # auto: tiny 0.05, real presets 0
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class TrainParams(_Section):
     targets: Literal["rationale", "score_only"] = "rationale"
-    packing: Literal["item", "session"] = "item"
-    epochs: Positive = 1
+    # item: per-item examples (with share_prefix); session: one packed sequence per session (care.model.packing);
+    # auto: the preset's recipe (tiny item, real presets session)
+    packing: Literal["auto", "item", "session"] = "auto"
+    epochs: Positive | Auto = "auto"  # auto: tiny 0.75, real presets 2
     max_steps: Count | None = None
-    lr: Positive = 3e-3
+    lr: Positive | Auto = "auto"  # auto: tiny 5e-4 (full fine-tuning), real presets 1e-4 (LoRA)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: Share = 0.1
     # item layout: examples per micro-batch (with share_prefix, half a session's 12 items); session layout:
     # a step holds whole sessions, about batch_size x grad_accum items
     batch_size: Count = 6
     grad_accum: Count = 4
+    # session layout: whole sessions per optimizer step; None: about batch_size x grad_accum items' worth;
+    # auto: the preset's recipe (real presets 4, tiny None)
+    sessions_per_step: Count | None | Auto = "auto"
+    # session layout: packed sessions per forward pass (one sequence); auto: as many as fit train.memory_cap_gib
+    # (care.model.memory), at most a step's. Changes the speed, not the loss.
+    sessions_per_forward: Count | Auto = "auto"
+    memory_cap_gib: Positive | None = None  # what a training step may use; None: the device's memory
+    # trainable weights' dtype when the base runs in bf16: bfloat16 keeps a float32 master copy in the optimizer and
+    # runs without autocast (no per-call casts); float32 runs under bf16 autocast; auto: bfloat16 in one process
+    adapter_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # fused kernels (liger-kernel: RMSNorm, SwiGLU, RoPE, linear cross-entropy at the target positions): auto uses
+    # them on one CUDA device when installed (`pip install liger-kernel`), never on CPU
+    fused_kernels: Literal["auto", "none", "liger"] = "auto"
     weight_decay: NonNegative = 0.0
     max_grad_norm: Positive = 1.0
     # encode a session's transcript once per batch and reuse its key/value cache for the batch's items
@@ -211,7 +231,44 @@ class RegistryParams(_Section):
     stage_on_pass: Literal["staging", "none"] = "staging"
 
 
-class FitParams(_Section):
+# The kind of each preset, and the recipe each kind resolves `auto` to. tiny: what cross-validation chose within
+# the default run's 15-minute budget (docs/results.md). The real presets: LoRA r16 at lr 1e-4 in the session
+# layout, 4 whole sessions a step and twice the item layout's single epoch (docs/results.md: whole-session steps of
+# 2 sessions are noisier than steps of 4 half-sessions; 4 sessions a step with twice the passes agreed within fold
+# noise), no LoRA dropout (LLaMA-Factory's default, the CARE authors' tool; it also saves a dropout kernel and its
+# mask per projection).
+PRESET_KIND = {"tiny": "tiny", "llama-3.1-8b-instruct": "real", "qwen2.5-7b-instruct": "real"}
+RECIPES: dict[str, dict[str, Any]] = {
+    "tiny": {"model.finetune": "full", "model.max_length": 1024, "lora.dropout": 0.05, "train.packing": "item", "train.epochs": 0.75,
+             "train.lr": 5e-4, "train.sessions_per_step": None},
+    "real": {"model.finetune": "lora", "model.max_length": 8192, "lora.dropout": 0.0, "train.packing": "session", "train.epochs": 2.0,
+             "train.lr": 1e-4, "train.sessions_per_step": 4},
+}
+
+
+def _resolve_recipe(sections: dict[str, BaseModel], resolved: dict[str, str]) -> None:
+    """Replace every `auto` of the recipe keys by the preset's recipe, noting what and why in `resolved`."""
+    kind = PRESET_KIND[sections["model"].preset]
+    for key, value in RECIPES[kind].items():
+        name, field = key.split(".")
+        if getattr(sections[name], field) == "auto":
+            setattr(sections[name], field, value)
+            resolved[key] = f"auto -> {value!r} ({sections['model'].preset} preset's recipe)"
+
+
+class _Recipe(_Section):
+    """Sections whose `auto` values resolve from the preset's recipe as soon as they are validated."""
+
+    # what each `auto` resolved to and why (filled on validation; kept through dumps)
+    resolved: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _recipe(self):
+        _resolve_recipe({"model": self.model, "lora": self.lora, "train": self.train}, self.resolved)
+        return self
+
+
+class FitParams(_Recipe):
     """The sections that decide a fine-tuned model: what the fine-tune steps receive and its cache key hashes."""
 
     data: DataParams = DataParams()
@@ -220,7 +277,7 @@ class FitParams(_Section):
     train: TrainParams = TrainParams()
 
 
-class Params(_Section):
+class Params(_Recipe):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     lora: LoraParams = LoraParams()
@@ -233,7 +290,7 @@ class Params(_Section):
 
     @property
     def fit(self) -> FitParams:
-        return FitParams(data=self.data, model=self.model, lora=self.lora, train=self.train)
+        return FitParams(data=self.data, model=self.model, lora=self.lora, train=self.train, resolved=self.resolved)
 
     def digest(self, *sections: str) -> str:
         """sha256 over the canonical JSON of the given sections (all when none are named)."""

@@ -19,15 +19,25 @@ def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]
 
 
 def test_tiny_pipeline_on_cpu_runs_every_stage(tmp_path):
-    proc, figures = _run(tmp_path, "--work", str(tmp_path / "work"))
+    proc, figures = _run(tmp_path, "--work", str(tmp_path / "work"), "--variants", "default,before",
+                         "--profile-out", str(tmp_path / "profile.txt"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     stages = figures["stages"]
-    assert {s: stages[s]["status"] for s in stages} == {s: "done" for s in
-                                                         ("init", "train", "score", "merge", "export", "parity")}
-    train = stages["train"]
-    assert train["steps"] == 3 and train["sessions_per_step"] == 2 and train["packing"] == "session"
-    assert train["gradient_checkpointing"] is True and train["tokens_per_s_after_first"] > 0
-    assert train["fold_epoch_s_estimate"] > 0 and train["mfu"] is None  # no peak FLOP/s known for a CPU
+    assert {s: stages[s]["status"] for s in stages} == {s: "done" for s in (
+        "init", "train", "profile", "equivalence", "score", "merge", "export", "parity")}
+    variants = stages["train"]["variants"]
+    assert set(variants) == {"default", "before"}
+    default, before = variants["default"], variants["before"]
+    # the real preset's resolved recipe: 4 whole sessions a step, no dropout, decided by memory (a CPU has room)
+    assert default["sessions_per_step"] == 4 and default["gradient_checkpointing"] is False
+    assert default["sessions_per_forward"] == 4 and default["memory"]["estimate_gib"] > 0
+    assert before["gradient_checkpointing"] is True and before["sessions_per_forward"] == 1
+    for row in (default, before):
+        assert row["tokens_per_s_after_first"] > 0 and row["fold_epoch_s_estimate"] > 0
+        assert row["mfu"] is None  # no peak FLOP/s known for a CPU
+    assert stages["profile"]["operator_calls"] > 0 and (tmp_path / "profile.txt").read_text().strip()
+    equivalence = stages["equivalence"]
+    assert equivalence["two_sessions_one_forward_vs_one_by_one"]["gradients"] < 1e-5
     score = stages["score"]
     assert score["naive_generate"]["sessions_per_s"] > 0
     assert score["shared_cache_session_batch_2"]["max_expected_diff_vs_naive"] < 1e-4  # float32: same scores

@@ -87,7 +87,7 @@ def test_pack_by_session_groups_and_refuses_mixing(base):  # noqa: F811
 @pytest.mark.parametrize("implementation", ["packed", "sdpa", "eager"])
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_packed_loss_and_gradients_equal_per_item(base, implementation, finetune):  # noqa: F811
-    from care.model.training import collate, target_loss
+    from care.model.item_layout import collate, target_loss
 
     path, tok, examples = base
     group = _session(examples)
@@ -171,3 +171,28 @@ def test_session_layout_trains_the_same_weights_when_steps_hold_the_same_items(b
     for name in a:
         scale = float(b[name].abs().max())
         assert float((a[name] - b[name]).abs().max()) <= 1e-4 * max(scale, 1e-6), name
+
+
+@pytest.mark.parametrize("implementation", ["packed", "sdpa", "eager"])
+def test_several_sessions_in_one_forward_equal_the_sessions_one_by_one(base, implementation):  # noqa: F811
+    """`concat_packed`: sessions of different lengths in one sequence give the sum of their losses and gradients
+    (each item sees only its own session's prefix and itself), to 1e-5 relative in float32."""
+    from care.model.packing import concat_packed
+
+    path, tok, examples = base
+    packs = pack_by_session(examples)[:3]
+    assert len({p.blocks.count(0) for p in packs}) > 1  # prefixes of different lengths: padding is exercised
+    model = _model(path, implementation, "lora")
+    sw = 30.0
+
+    def one_by_one():
+        parts = [packed_loss(model, p, "cpu", sw) for p in packs]
+        return sum(x[0] for x in parts), sum(x[1] for x in parts)
+
+    a_loss, a_w, a_grads = _loss_and_grads(model, one_by_one)
+    b_loss, b_w, b_grads = _loss_and_grads(model, lambda: packed_loss(model, concat_packed(packs), "cpu", sw))
+    assert a_w == b_w
+    assert abs(a_loss - b_loss) <= REL * abs(a_loss)
+    scale = max(float(g.abs().max()) for g in a_grads.values())
+    worst = max(float((a_grads[n] - b_grads[n]).abs().max()) for n in a_grads)
+    assert worst <= REL * scale, f"gradient differs by {worst:.3g} (scale {scale:.3g})"

@@ -33,6 +33,7 @@ def _sessions(n: int, seed: int = 0) -> list[Session]:
 
 def _params(tmp_path, **train) -> Params:
     p = Params()
+    p.model.finetune = "lora"
     p.model.max_length = 1024
     p.lora.r = 4
     p.lora.alpha = 8
@@ -75,7 +76,7 @@ def _adapter_tensors(path):
 
 def test_loss_is_target_only(base):
     from care.model.presets import load_base
-    from care.model.training import collate, target_loss
+    from care.model.item_layout import collate, target_loss
 
     path, tok, examples = base
     model, _ = load_base(path, None, "cpu")
@@ -105,7 +106,7 @@ def test_loss_is_target_only(base):
 
 def test_shared_prefix_loss_matches_separate_examples(base):
     from care.model.presets import load_base
-    from care.model.training import collate, shared_prefix_length, shared_prefix_loss, target_loss
+    from care.model.item_layout import collate, shared_prefix_length, shared_prefix_loss, target_loss
 
     path, tok, examples = base
     model, _ = load_base(path, None, "cpu")
@@ -125,7 +126,7 @@ def test_the_head_on_target_rows_only_equals_the_union_of_positions(base, monkey
     last hidden state takes the union-of-positions path (the shared prefix's cache cropped back first):
     the same loss and gradients either way."""
     from care.model.presets import load_base
-    from care.model.training import collate, shared_prefix_loss, target_loss
+    from care.model.item_layout import collate, shared_prefix_loss, target_loss
 
     path, tok, examples = base
     model, _ = load_base(path, None, "cpu")
@@ -137,7 +138,7 @@ def test_the_head_on_target_rows_only_equals_the_union_of_positions(base, monkey
         loss.backward()
         return float(loss.detach()), n, model.lm_head.weight.grad.clone()
 
-    import care.model.training as training
+    import care.model.item_layout as training
 
     calls = []
     real = training.weighted_ce_rows
@@ -222,17 +223,8 @@ def test_full_finetune(base, tmp_path):
     assert not model.training and tok2.pad_token_id == tok.pad_token_id
 
 
-def test_unknown_packing_is_refused(base, tmp_path):
-    from care.model.training import train_packing
-
-    p = _params(tmp_path)
-    p.train.__dict__["packing"] = "token"  # past the schema, as a stale params object would be
-    with pytest.raises(CareError, match="packing"):
-        train_packing(p)
-
-
 def test_batch_plan_deterministic():
-    from care.model.training import batch_plan
+    from care.model.plan import batch_plan
 
     lengths = [random.Random(3).randint(5, 50) for _ in range(37)]
     a = batch_plan(lengths, 4, seed=1, epochs=2)

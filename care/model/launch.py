@@ -30,13 +30,16 @@ _FIT = set(FitParams.model_fields)  # the sections a fine-tune reads
 
 
 def run_finetune(base_dir: str | Path, examples: list[Example], params: Params | FitParams, out_dir: str | Path,
-                 desc: str = "") -> dict:
-    """`finetune` in `params.train.num_processes` processes (in this one when 1); returns its stats."""
+                 desc: str = "", step_callback=None) -> dict:
+    """`finetune` in `params.train.num_processes` processes (in this one when 1); returns its stats.
+    `step_callback` (one process only) runs after every optimizer step."""
     from care.model.training import STATS_FILE, finetune
 
     n = params.train.num_processes
     if n == 1:
-        return finetune(base_dir, examples, params, out_dir, desc=desc)
+        return finetune(base_dir, examples, params, out_dir, desc=desc, step_callback=step_callback)
+    if step_callback is not None:
+        raise CareError("a step callback runs in one process only (train.num_processes=1)")
     import torch
 
     cuda = torch.cuda.is_available()
@@ -52,7 +55,7 @@ def run_finetune(base_dir: str | Path, examples: list[Example], params: Params |
                 f.write(json.dumps({"session_id": e.session_id, "item_id": e.item_id, "input_ids": e.input_ids,
                                     "labels": e.labels}) + "\n")
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
-               "--num_machines", "1", "--gpu_ids", "all", "--mixed_precision", "bf16" if cuda else "no",
+               "--num_machines", "1", "--gpu_ids", "all", "--mixed_precision", "no",
                "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", __name__, str(work)]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         proc = subprocess.Popen(cmd, env=env)

@@ -25,13 +25,20 @@ def token_weights(next_labels, score_weight: float):
 def weighted_ce(logits, next_labels, keep, score_weight: float):
     """(weighted sum of cross-entropies, weighted target count) of `logits` (..., len(keep), vocab) predicting
     `next_labels[..., keep]`, weighted by `token_weights` of the whole `next_labels`."""
+    weights = token_weights(next_labels, score_weight)[..., keep]
+    return weighted_ce_sum(logits, next_labels, keep, score_weight, weights), float(weights.sum())
+
+
+def weighted_ce_sum(logits, next_labels, keep, score_weight: float, weights=None):
+    """The weighted sum of `weighted_ce` alone: nothing is read back from the device."""
     import torch.nn.functional as F
 
     targets = next_labels[..., keep]
-    weights = token_weights(next_labels, score_weight)[..., keep]
+    if weights is None:
+        weights = token_weights(next_labels, score_weight)[..., keep]
     ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
                          reduction="none").reshape(targets.shape)
-    return (ce * weights).sum(), float(weights.sum())
+    return (ce * weights).sum()
 
 
 def weighted_ce_rows(logits, next_labels, score_weight: float):

@@ -17,12 +17,12 @@ from pathlib import Path
 
 from care.errors import CareError
 from care.model.base_files import BASE_CARD, base_digest
-from care.params import Params
+from care.params import PRESET_KIND, FitParams, Params
 
 PRESETS: dict[str, dict[str, str | None]] = {
-    "tiny": {"hub_id": None, "kind": "tiny"},
-    "llama-3.1-8b-instruct": {"hub_id": "meta-llama/Llama-3.1-8B-Instruct", "kind": "real"},
-    "qwen2.5-7b-instruct": {"hub_id": "Qwen/Qwen2.5-7B-Instruct", "kind": "real"},
+    "tiny": {"hub_id": None, "kind": PRESET_KIND["tiny"]},
+    "llama-3.1-8b-instruct": {"hub_id": "meta-llama/Llama-3.1-8B-Instruct", "kind": PRESET_KIND["llama-3.1-8b-instruct"]},
+    "qwen2.5-7b-instruct": {"hub_id": "Qwen/Qwen2.5-7B-Instruct", "kind": PRESET_KIND["qwen2.5-7b-instruct"]},
 }
 
 # Tokens used as padding when a tokenizer has none (Llama 3 ships without one). Padding positions are
@@ -113,20 +113,24 @@ def load_tokenizer(path_or_id: str | Path):
     return tokenizer
 
 
-def load_base(path_or_id: str | Path, params: Params | None = None, device="cpu", *, training: bool = False):
-    """Load (model, tokenizer). Tiny builds load in float32; real models in bf16 on CUDA (float32 on CPU)
-    unless `model.dtype` says otherwise. Gradient checkpointing (training only) follows
-    `model.gradient_checkpointing` (None: on for real models, off for tiny). Safetensors only."""
+def base_dtype(path_or_id: str | Path, params: Params | FitParams | None, device) -> str:
+    """The dtype a base loads in: tiny builds float32; real models bf16 on CUDA, float32 on CPU, unless
+    `model.dtype` says otherwise."""
+    dtype_name = params.model.dtype if params is not None else "auto"
+    if dtype_name != "auto":
+        return dtype_name
+    return "bfloat16" if (not is_tiny(path_or_id) and _resolve_device(device).type == "cuda") else "float32"
+
+
+def load_base(path_or_id: str | Path, params: Params | FitParams | None = None, device="cpu", *,
+              training: bool = False):
+    """Load (model, tokenizer) in `base_dtype`. Safetensors only. In training mode nothing is switched on:
+    the fine-tune decides gradient checkpointing (care.model.memory)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     device = _resolve_device(device)
-    tiny = is_tiny(path_or_id)
-    dtype_name = params.model.dtype if params is not None else "auto"
-    if dtype_name == "auto":
-        dtype = torch.bfloat16 if (not tiny and device.type == "cuda") else torch.float32
-    else:
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[base_dtype(path_or_id, params, device)]
     tokenizer = load_tokenizer(path_or_id)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path_or_id), dtype=dtype, use_safetensors=True)
@@ -136,12 +140,6 @@ def load_base(path_or_id: str | Path, params: Params | None = None, device="cpu"
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    gc = params.model.gradient_checkpointing if params is not None else None
-    if gc is None:
-        gc = not tiny
-    if training and gc:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
     if not training:
         model.eval()
     return model, tokenizer

@@ -1,202 +1,334 @@
-"""Fine-tuning: LoRA (default) or full fine-tuning of a base model on (session, item) examples.
+"""Fine-tuning: LoRA (default for the real presets) or full fine-tuning of a base model on (session, item) examples.
 
 Two layouts (`train.packing`): `session` packs each session into one sequence that holds its transcript
-once (care.model.packing; a step holds whole sessions, about `batch_size x grad_accum` items); `item` trains on
-the examples themselves, in micro-batches of `batch_size` that, with `share_prefix`, reuse one encoding
-of the transcript per micro-batch. Both give the same loss for the same examples.
+once (care.model.packing; a step holds whole sessions, `train.sessions_per_step`, run `sessions_per_forward` to a
+forward pass); `item` trains on the examples themselves (care.model.item_layout), in micro-batches of `batch_size`
+that, with `share_prefix`, reuse one encoding of the transcript per micro-batch. Both give the same loss for the same
+examples. The plan of steps is care.model.plan.
 
 The loss is the mean cross-entropy over target tokens only (`care.model.loss`, the score digit weighted by
 `train.score_weight`): the prompt already carries IGNORE_INDEX in `Example.labels`, padding is masked by
 position, and logits are computed only at the positions that predict a target token (the LM head over the
 whole transcript would cost as much as the layers).
 
-Runs under `accelerate` (bf16 mixed precision on CUDA, none on CPU). In several processes
-(`train.num_processes`, launched by `care.model.launch`) a step holds the same micro-batches as in one
-(rounded up to a multiple of the process count), each process runs its share and DDP sums the gradients;
-the loss is divided by the whole step's weight, so the sum is the step's mean. On CPU the same seed and
-data give bit-identical weights. Outputs are safetensors only.
+How a step runs is decided when training starts, and recorded in the stats with the reason: the trainable weights'
+precision (care.model.precision: bf16 adapters with a float32 master copy, or float32 under bf16 autocast), fused
+kernels (care.model.fused), and gradient checkpointing and sessions per forward by memory (care.model.memory). None
+of these changes the loss. Inputs are built on the host and sent ahead, and the loss is read back once a step, so
+the host never waits for the device inside a step.
+
+In several processes (`train.num_processes`, launched by `care.model.launch`) a step holds the same micro-batches as
+in one, each process runs its share and DDP sums the gradients; the loss is divided by the whole step's weight, so
+the sum is the step's mean. On CPU the same seed and data give bit-identical weights. Outputs are safetensors only.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 from care.errors import CareError
-from care.params import Params
-from care.model.loss import target_weight, weighted_ce, weighted_ce_rows
-from care.model.packing import (PackedSession, pack_by_session, packed_loss, restore_attention, shared_prefix_length,
-                                use_packed_attention)
+from care.params import FitParams, Params
+from care.model.item_layout import collate, shared_prefix_loss, target_loss
+from care.model.loss import target_weight
+from care.model.packing import concat_packed, pack_by_session, packed_inputs, packed_loss, restore_attention, \
+    use_packed_attention
+from care.model.plan import step_plan
 from care.model.prompts import IGNORE_INDEX, Example
 
 STATS_FILE = "train_stats.json"
 FULL_MARKER = "care_full_model.json"
-BUCKET_BATCHES = 16  # batches per length bucket: sort a shuffled chunk of this many batches by length
 
 
-def train_packing(params: Params) -> str:
-    """The training layout: `session` (one packed sequence per session, see care.model.packing) or `item`."""
-    packing = params.train.packing
-    if packing not in ("item", "session"):
-        raise CareError(f"train.packing {packing!r} unknown (session, item)")
-    return packing
+def finetune(base_dir: str | Path, examples: list[Example], params: Params | FitParams, out_dir: str | Path,
+             desc: str = "", step_callback: Callable[[int], None] | None = None) -> dict:
+    """Fine-tune `base_dir` on `examples`; save the LoRA adapter (or full model) and train_stats.json into
+    `out_dir` (atomically). Returns the stats (counts, timings and decisions; no text). `step_callback(step)`
+    runs after every optimizer step (benchmarks profile with it)."""
+    import torch
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from care.fsutil import atomic_dir
+    from care.model.fused import apply_liger, choose_fused, liger_rope
+    from care.model.presets import BASE_CARD, base_dtype, is_tiny, load_base
+    from care.model.precision import MasterWeights, choose_precision
+
+    layout = params.train.packing
+    if not examples:
+        raise CareError("no training examples")
+    tp = params.train
+    cuda = torch.cuda.is_available()
+    state = PartialState(cpu=not cuda)
+    precision = choose_precision(params, base_dtype(base_dir, params, state.device), state.num_processes,
+                                 state.device.type)
+    # autocast is ours (`precision.autocast`), not accelerate's: its state is one per process, and fine-tunes of
+    # different precisions share a process (folds and the final fit of a run, benchmark variants)
+    accelerator = Accelerator(mixed_precision="no", cpu=not cuda)
+
+    def autocast():
+        return torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision.autocast)
+
+    procs, rank = accelerator.num_processes, accelerator.process_index
+    set_seed(tp.seed)
+    model, tokenizer = load_base(base_dir, params, accelerator.device, training=True)
+    if params.model.finetune == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lp = params.lora
+        config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout,
+                            target_modules=list(lp.target_modules), bias="none")
+        set_seed(tp.seed)
+        model = get_peft_model(model, config)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in trainable)
+    master = MasterWeights(trainable) if precision.master else None
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    fused = choose_fused(params, model_type, accelerator.device.type, procs)
+    if fused.kind == "liger":
+        apply_liger(model)
+
+    packed = pack_by_session(examples) if layout == "session" else []
+    attention = use_packed_attention(model) if layout == "session" else None
+    sw = float(tp.score_weight)
+    memory = _memory_plan(model, params, examples, packed, _loss_function(model, accelerator.device, sw,
+                                                                          fused.kind == "liger"), trainable, master is not None, procs,
+                          tiny=is_tiny(base_dir), device=accelerator.device, autocast=autocast)
+    if memory.checkpointing:
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        inner.config.use_cache = False
+        if params.model.finetune == "lora":
+            model.enable_input_require_grads()
+    share = layout == "item" and tp.share_prefix and not memory.checkpointing and procs == 1
+    plan = step_plan(examples, params, processes=procs, rank=rank, shared_prefix=share, n_sessions=len(packed),
+                     sessions_per_forward=memory.sessions_per_forward)
+
+    optimizer = torch.optim.AdamW(master.master if master else trainable, lr=tp.lr, weight_decay=tp.weight_decay,
+                                  **({"fused": True} if cuda else {}))
+    scheduler = _scheduler(optimizer, tp.scheduler, plan.total_steps, int(round(tp.warmup_ratio * plan.total_steps)))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    loss_of = _loss_function(model, accelerator.device, sw, fused.kind == "liger")  # through DDP's forward
+    by_session: dict[str, list[Example]] = {}
+    for e in examples:
+        by_session.setdefault(e.session_id, []).append(e)
+
+    def examples_of(micro: list[int]) -> list[Example]:
+        if layout == "session":
+            return [e for i in micro for e in by_session[packed[i].session_id]]
+        return [examples[i] for i in micro]
+
+    def inputs_of(step: int) -> list:
+        """The step's forward inputs, built on the host and sent ahead (session layout)."""
+        if layout != "session":
+            return [None] * len(plan.steps[step])
+        return [packed_inputs(model, concat_packed([packed[i] for i in micro]), accelerator.device, sw)
+                for micro in plan.steps[step]]
+
+    losses: list[float] = []
+    train_tokens = target_tokens = items = 0
+    first_step_s, first_step_tokens, first_step_items = 0.0, 0, 0  # the first step carries the warm-up (kernels, allocator)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
+    started = time.perf_counter()
+    bar = tqdm(range(plan.total_steps), desc=desc or "fine-tune", disable=not accelerator.is_local_main_process,
+               leave=False, mininterval=1.0)
+    rope = liger_rope(model_type) if fused.kind == "liger" else nullcontext()
+    with rope:
+        upcoming = inputs_of(0)
+        for step in bar:
+            micro, inputs = plan.steps[step], upcoming
+            # every process normalises by the whole step's weight, so the summed gradients are the step's mean
+            step_weight = target_weight([e for m in plan.whole[step] for e in examples_of(m)], sw) / procs
+            step_loss = None
+            for k, (idx, prepared) in enumerate(zip(micro, inputs)):
+                sync = k == len(micro) - 1
+                group = examples_of(idx)
+                with (nullcontext() if sync else accelerator.no_sync(model)), autocast():
+                    if layout == "session":
+                        loss_sum = loss_of(prepared)
+                        train_tokens += len(prepared.packed.input_ids)
+                    elif share:
+                        loss_sum, _ = shared_prefix_loss(model, group, tokenizer.pad_token_id, accelerator.device, sw)
+                        train_tokens += sum(len(e.input_ids) for e in group)
+                    else:
+                        batch = {key: v.to(accelerator.device) for key, v in collate(group, tokenizer.pad_token_id).items()}
+                        loss_sum, _ = target_loss(model, batch, sw)
+                        train_tokens += sum(len(e.input_ids) for e in group)
+                    loss = loss_sum / step_weight
+                accelerator.backward(loss)
+                if master is not None:
+                    master.accumulate()
+                part = loss.detach().double()
+                step_loss = part if step_loss is None else step_loss + part
+                target_tokens += sum(sum(1 for x in e.labels[1:] if x != IGNORE_INDEX) for e in group)
+                items += len(group)
+            _optimizer_step(accelerator, optimizer, scheduler, master, trainable, tp.max_grad_norm)
+            if step + 1 < plan.total_steps:
+                upcoming = inputs_of(step + 1)  # built while the device finishes this step
+            step_loss = float(step_loss)
+            if procs > 1:  # each process holds procs x its share over the step's weight: the mean of the sums is the step's
+                step_loss = _summed(accelerator, step_loss) / procs
+            losses.append(step_loss)
+            bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
+            if step == 0:
+                first_step_s, first_step_tokens, first_step_items = time.perf_counter() - started, train_tokens, items
+            if step_callback is not None:
+                step_callback(step)
+    bar.close()
+    wall = time.perf_counter() - started
+    if procs > 1:  # counts over all processes
+        train_tokens, target_tokens = int(_summed(accelerator, train_tokens)), int(_summed(accelerator, target_tokens))
+        first_step_tokens = int(_summed(accelerator, first_step_tokens))
+        items, first_step_items = int(_summed(accelerator, items)), int(_summed(accelerator, first_step_items))
+    later_s = wall - first_step_s
+
+    tail = losses[-max(1, len(losses) // 10):]
+    stats = {
+        "finetune": params.model.finetune,
+        "packing": layout,
+        "shared_prefix": share,
+        "sessions_per_step": plan.per_step if layout == "session" else None,
+        "sessions_per_forward": memory.sessions_per_forward if layout == "session" else None,
+        "examples": len(examples),
+        "steps": plan.total_steps,
+        "epochs": plan.epochs,
+        "batch_size": tp.batch_size,
+        "grad_accum": tp.grad_accum,
+        "processes": procs,
+        "mixed_precision": "bf16" if precision.autocast else "no",
+        "precision": precision.as_dict(),
+        "fused_kernels": fused.as_dict(),
+        "gradient_checkpointing": memory.checkpointing,
+        "memory": memory.as_dict(),
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 2) if cuda else None,
+        "recipe": dict(params.resolved),
+        "trainable_parameters": n_trainable,
+        "final_loss": round(sum(tail) / len(tail), 5),
+        "mean_loss": round(sum(losses) / len(losses), 5),
+        "first_loss": round(losses[0], 5),
+        "train_tokens": train_tokens,
+        "target_tokens": target_tokens,
+        "tokens_per_s": round(train_tokens / wall, 1) if wall > 0 else None,
+        "first_step_s": round(first_step_s, 3),
+        "tokens_per_s_after_first": (round((train_tokens - first_step_tokens) / later_s, 1)
+                                     if plan.total_steps > 1 and later_s > 0 else None),
+        "items": items,
+        "items_per_s_after_first": (round((items - first_step_items) / later_s, 3)
+                                    if plan.total_steps > 1 and later_s > 0 else None),
+        "wall_s": round(wall, 2),
+        "seed": tp.seed,
+        "score_weight": sw,
+    }
+    accelerator.wait_for_everyone()
+    if attention is not None:
+        restore_attention(model, attention)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        with atomic_dir(out_dir) as tmp:
+            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            if params.model.finetune != "lora":
+                (tmp / FULL_MARKER).write_text(json.dumps({"finetune": "full"}) + "\n", "utf-8")
+                base_card = Path(base_dir) / BASE_CARD
+                if base_card.is_file():  # a fully fine-tuned tiny model is still tiny (float32)
+                    (tmp / BASE_CARD).write_text(base_card.read_text("utf-8"), "utf-8")
+            tokenizer.save_pretrained(tmp)
+            (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n", "utf-8")
+    accelerator.wait_for_everyone()
+    return stats
 
 
-def sessions_per_step(examples: list[Example], params: Params) -> int:
-    """With session packing, whole sessions per optimizer step: as many items as `batch_size x grad_accum`
-    gives in the item layout (at least one session)."""
-    sessions = {e.session_id for e in examples}
-    items_per_session = len(examples) / max(1, len(sessions))
-    return max(1, round(params.train.batch_size * params.train.grad_accum / items_per_session))
-
-
-def packed_plan(n_sessions: int, seed: int, epochs: int) -> list[int]:
-    """Session indices in training order for `epochs` epochs (each a fresh shuffle), deterministic in `seed`."""
-    plan: list[int] = []
-    for epoch in range(epochs):
-        order = list(range(n_sessions))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        plan += order
-    return plan
-
-
-# --------------------------------------------------------------------------------------------------------
-# batching
-
-
-def batch_plan(lengths: list[int], batch_size: int, seed: int, epochs: int) -> list[list[int]]:
-    """Micro-batches (lists of example indices) for `epochs` epochs, deterministic in `seed`.
-
-    Each epoch shuffles the examples, sorts chunks of BUCKET_BATCHES batches by length (less padding),
-    cuts them into batches and shuffles the batch order.
-    """
-    plan: list[list[int]] = []
-    n = len(lengths)
-    for epoch in range(epochs):
-        rng = random.Random(seed * 1_000_003 + epoch)
-        order = list(range(n))
-        rng.shuffle(order)
-        chunk = batch_size * BUCKET_BATCHES
-        batches = []
-        for start in range(0, n, chunk):
-            part = sorted(order[start:start + chunk], key=lambda i: (-lengths[i], i))
-            batches += [part[k:k + batch_size] for k in range(0, len(part), batch_size)]
-        rng.shuffle(batches)
-        plan += batches
-    return plan
-
-
-def session_plan(examples: list[Example], batch_size: int, seed: int, epochs: int) -> list[list[int]]:
-    """Micro-batches that never mix sessions (so the shared transcript prefix is encoded once per batch):
-    each epoch shuffles the items of every session, cuts them into batches of at most `batch_size` and
-    shuffles the batch order. Deterministic in `seed`."""
-    groups: dict[str, list[int]] = {}
-    for i, e in enumerate(examples):
-        groups.setdefault(e.session_id, []).append(i)
-    plan: list[list[int]] = []
-    for epoch in range(epochs):
-        rng = random.Random(seed * 1_000_003 + epoch)
-        batches = []
-        for members in groups.values():
-            members = list(members)
-            rng.shuffle(members)
-            batches += [members[k:k + batch_size] for k in range(0, len(members), batch_size)]
-        rng.shuffle(batches)
-        plan += batches
-    return plan
-
-
-def collate(examples: list[Example], pad_id: int):
-    """Right-pad a batch: input ids (pad id), attention mask, labels (IGNORE_INDEX on pads)."""
+def _optimizer_step(accelerator, optimizer, scheduler, master, trainable: list, max_grad_norm: float) -> None:
+    """Clip, step and zero; with a master copy the float32 copy is clipped and stepped, then rounded back."""
     import torch
 
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    for i, e in enumerate(examples):
-        if len(e.labels) != len(e.input_ids):
-            raise CareError(f"session={e.session_id} item={e.item_id}: labels and input ids differ in length")
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids, dtype=torch.long)
-        mask[i, :n] = 1
-        labels[i, :n] = torch.tensor(e.labels, dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if master is not None:
+        if max_grad_norm and max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(master.master, max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        master.write_back()
+        return
+    if max_grad_norm and max_grad_norm > 0:
+        accelerator.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
-def target_loss(model, batch, score_weight: float = 1.0) -> tuple["torch.Tensor", float]:  # noqa: F821
-    """(sum of target-token cross-entropy, number of target tokens) for one batch; with `score_weight`
-    the score digit (each row's first target token) counts that many times in both.
+def _loss_function(model, device, score_weight: float, fused: bool):
+    """The loss of one prepared packed sequence: the model's logits at the target positions, or (fused) liger's
+    head-and-cross-entropy on the decoder's hidden states there."""
+    if not fused:
+        return lambda prepared: packed_loss(model, prepared, device, score_weight)[0]
+    from care.model.fused import decoder_of, fused_head_loss, head_of
 
-    Logits are computed only at the positions that predict a target token (`_batch_target_loss`).
-    """
-    labels = batch["labels"]
-    next_labels = labels[:, 1:]
-    if int((next_labels != IGNORE_INDEX).sum()) == 0:
-        raise CareError("a training batch has no target tokens")
-    return _batch_target_loss(model, next_labels, score_weight, input_ids=batch["input_ids"],
-                              attention_mask=batch["attention_mask"], use_cache=False)
+    decoder, head = decoder_of(model), head_of(model)
 
+    def loss(prepared):
+        out = decoder(input_ids=prepared.ids, position_ids=prepared.positions, use_cache=False, **prepared.attention)
+        return fused_head_loss(out.last_hidden_state[0], head.weight, prepared.next_labels, prepared.keep,
+                               score_weight)
 
-def _batch_target_loss(model, next_labels, score_weight: float, **inputs):
-    """The forward of a padded batch and its target loss. The LM head runs only on the rows' own target
-    positions (a batch's union of positions is mostly other rows' prompts and padding, and with a large
-    vocabulary the head is most of the step); a model whose logits are not its output embedding applied
-    to the last hidden state gets the union of positions instead, with the same loss."""
-    valid = next_labels != IGNORE_INDEX
-    cache = inputs.get("past_key_values")
-    cached = cache.get_seq_length() if cache is not None else 0
-    out = model(**inputs, logits_to_keep=1, output_hidden_states=True)
-    hidden = out.hidden_states[-1] if out.hidden_states else None
-    head = getattr(model, "module", model).get_output_embeddings()
-    if hidden is not None and head is not None and out.logits.shape[1] == 1:
-        import torch
-
-        with torch.no_grad():
-            same = torch.allclose(head(hidden[:, -1:]).float(), out.logits.float(), rtol=1e-4, atol=1e-4)
-        if same:
-            return weighted_ce_rows(head(hidden[:, :-1][valid]), next_labels, score_weight)
-    positions = valid.any(dim=0).nonzero(as_tuple=True)[0]
-    if cache is not None:
-        cache.crop(cached)  # the first forward appended this batch to the shared prefix's cache
-    out = model(**inputs, logits_to_keep=positions)
-    logits = out.logits
-    if logits.shape[1] != positions.numel():  # a model without logits_to_keep support: all positions came back
-        logits = logits[:, positions]
-    return weighted_ce(logits, next_labels, positions, score_weight)
+    return loss
 
 
-def shared_prefix_loss(model, examples: list[Example], pad_id: int, device,
-                       score_weight: float = 1.0) -> tuple["torch.Tensor", float]:  # noqa: F821
-    """`target_loss` for examples that share a transcript prefix, encoding the prefix once.
+def _memory_plan(model, params, examples: list[Example], packed: list, loss_of, trainable: list, master: bool,
+                 procs: int, *, tiny: bool, device, autocast):
+    """Checkpointing and sessions per forward (care.model.memory): the params' choice for the tiny preset,
+    measured for the others."""
+    import math
 
-    The prefix runs once (batch 1, with gradients); its key/value cache is repeated over the batch and the
-    per-item parts run on top of it. The loss equals `target_loss` on the full examples: every item still
-    sees exactly its own prompt, and only its own target is scored.
-    """
-    import torch
+    from care.model.memory import MemoryPlan, device_memory, plan_step_memory, resident_bytes
+    from care.model.packing import cut_prefix
 
-    shared = shared_prefix_length(examples)
-    if shared < 2:
-        return target_loss(model, {k: v.to(device) for k, v in collate(examples, pad_id).items()}, score_weight)
-    prefix = torch.tensor([examples[0].input_ids[:shared]], dtype=torch.long, device=device)
-    rest = [Example(e.session_id, e.item_id, e.input_ids[shared:], e.labels[shared:]) for e in examples]
-    batch = {k: v.to(device) for k, v in collate(rest, pad_id).items()}
-    out = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    if cache is None:
-        raise CareError("the model returned no key/value cache; set train.share_prefix=false")
-    cache.batch_repeat_interleave(len(examples))
-    labels = batch["labels"]
-    # labels[:, 0] is never a target (shared_prefix_length stops before it), so the shift stays in the suffix
-    next_labels = labels[:, 1:]
-    mask = torch.cat([torch.ones((len(examples), shared), dtype=torch.long, device=device), batch["attention_mask"]], 1)
-    return _batch_target_loss(model, next_labels, score_weight, input_ids=batch["input_ids"], attention_mask=mask,
-                              past_key_values=cache, use_cache=True)
+    tp = params.train
+    forced_k = tp.sessions_per_forward if isinstance(tp.sessions_per_forward, int) else None
+    forced_gc = params.model.gradient_checkpointing
+    most = 1
+    if packed:
+        from care.model.plan import sessions_per_step
+
+        most = forced_k or math.ceil(sessions_per_step(examples, params) / procs)
+    if tiny:
+        return MemoryPlan(bool(forced_gc), forced_k or 1,
+                          "tiny preset: checkpointing as model.gradient_checkpointing says (off by default); "
+                          + ("train.sessions_per_forward" if forced_k else "one session a forward"))
+    cap = int(tp.memory_cap_gib * 2**30) if tp.memory_cap_gib else device_memory(device)
+    config = model.config
+    hidden = getattr(config, "get_text_config", lambda: config)().hidden_size
+    act_bytes = 2 if any(p.dtype.is_floating_point and p.element_size() == 2 for p in model.parameters()) else 4
+    if packed:
+        unit = max(packed, key=lambda p: len(p.input_ids))
+        prefix, tokens, copies = unit.blocks.count(0), len(unit.input_ids), 1
+
+        def probe(n):
+            with autocast():
+                return loss_of(packed_inputs(model, cut_prefix(unit, n), device, float(tp.score_weight)))
+    else:
+        unit = max(examples, key=lambda e: len(e.input_ids))
+        prefix = next(i for i, x in enumerate(unit.labels) if x != IGNORE_INDEX) - 1
+        tokens, copies = len(unit.input_ids), tp.batch_size
+
+        def probe(n):
+            cut = Example(unit.session_id, unit.item_id, unit.input_ids[:n] + unit.input_ids[prefix:],
+                          unit.labels[:n] + unit.labels[prefix:])
+            with autocast():
+                batch = {k: v.to(device) for k, v in collate([cut], 0).items()}
+                return target_loss(model, batch, float(tp.score_weight))[0]
+    resident = resident_bytes(model, trainable, master)
+    plan = plan_step_memory(model, probe=probe, prefix=prefix, tokens=tokens, copies=copies, cap=cap,
+                            resident=resident, most=most, forced=forced_gc, hidden_size=hidden, act_bytes=act_bytes)
+    if forced_k:
+        plan.sessions_per_forward = forced_k
+        plan.reason += f"; train.sessions_per_forward={forced_k}"
+    return plan
 
 
 def _scheduler(optimizer, kind: str, total: int, warmup: int):
@@ -217,185 +349,6 @@ def _scheduler(optimizer, kind: str, total: int, warmup: int):
 
 # --------------------------------------------------------------------------------------------------------
 # fine-tuning
-
-
-def finetune(base_dir: str | Path, examples: list[Example], params: Params, out_dir: str | Path, desc: str = "") -> dict:
-    """Fine-tune `base_dir` on `examples`; save the LoRA adapter (or full model) and train_stats.json into
-    `out_dir` (atomically). Returns the stats (counts and timings only, no text)."""
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-
-    from care.model.presets import BASE_CARD, load_base
-    from care.fsutil import atomic_dir
-
-    train_packing(params)
-    if not examples:
-        raise CareError("no training examples")
-    tp = params.train
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no", cpu=not torch.cuda.is_available())
-    set_seed(tp.seed)
-    model, tokenizer = load_base(base_dir, params, accelerator.device, training=True)
-    if params.model.finetune == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        lp = params.lora
-        config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout,
-                            target_modules=list(lp.target_modules), bias="none")
-        set_seed(tp.seed)
-        model = get_peft_model(model, config)
-        if getattr(model.base_model.model, "is_gradient_checkpointing", False):
-            model.enable_input_require_grads()
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
-
-    # the plan: micro-batches for whole epochs, cut at the step budget
-    procs, rank = accelerator.num_processes, accelerator.process_index
-    checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
-    packing = train_packing(params)
-    share = packing == "item" and tp.share_prefix and not checkpointing and procs == 1
-    packed: list[PackedSession] = []
-    if packing == "session":
-        packed = pack_by_session(examples)
-        per_step = sessions_per_step(examples, params)
-        per_step = procs * math.ceil(per_step / procs)
-        micro_per_epoch = len(packed)
-    else:
-        if share:
-            sizes: dict[str, int] = {}
-            for e in examples:
-                sizes[e.session_id] = sizes.get(e.session_id, 0) + 1
-            micro_per_epoch = sum(math.ceil(n / tp.batch_size) for n in sizes.values())
-        else:
-            micro_per_epoch = math.ceil(len(examples) / tp.batch_size)
-        per_step = procs * math.ceil(tp.grad_accum / procs)
-    steps_per_epoch = max(1, math.ceil(micro_per_epoch / per_step))
-    total_steps = tp.max_steps if tp.max_steps else max(1, math.ceil(tp.epochs * steps_per_epoch))
-    plan_epochs = math.ceil(total_steps / steps_per_epoch)
-    if packing == "session":
-        plan: list = [[i] for i in packed_plan(len(packed), tp.seed, plan_epochs)]
-    elif share:
-        plan = session_plan(examples, tp.batch_size, tp.seed, plan_epochs)
-    else:
-        plan = batch_plan([len(e.input_ids) for e in examples], tp.batch_size, tp.seed, plan_epochs)
-    while len(plan) < total_steps * per_step:  # pad the plan by repeating (only when batches < processes)
-        plan += plan[: total_steps * per_step - len(plan)]
-    plan = plan[: total_steps * per_step]
-    steps = [plan[s * per_step:(s + 1) * per_step][rank::procs] for s in range(total_steps)]
-
-    attention = use_packed_attention(model) if packing == "session" else None
-    optimizer = torch.optim.AdamW(trainable, lr=tp.lr, weight_decay=tp.weight_decay)
-    scheduler = _scheduler(optimizer, tp.scheduler, total_steps, int(round(tp.warmup_ratio * total_steps)))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    pad_id = tokenizer.pad_token_id
-    sw = float(tp.score_weight)
-
-    by_session: dict[str, list[Example]] = {}
-    for e in examples:
-        by_session.setdefault(e.session_id, []).append(e)
-
-    def step_examples(micro_batch: list[int]) -> list[Example]:
-        if packing == "session":
-            return by_session[packed[micro_batch[0]].session_id]
-        return [examples[i] for i in micro_batch]
-
-    losses: list[float] = []
-    train_tokens = target_tokens = 0
-    first_step_s, first_step_tokens = 0.0, 0  # the first step carries the warm-up (kernels, allocator)
-    started = time.perf_counter()
-    bar = tqdm(range(total_steps), desc=desc or "fine-tune", disable=not accelerator.is_local_main_process,
-               leave=False, mininterval=1.0)
-    for step in bar:
-        micro = steps[step]
-        groups = [step_examples(idx) for idx in micro]
-        # every process normalises by the whole step's weight, so the summed gradients are the step's mean
-        everything = [e for idx in plan[step * per_step:(step + 1) * per_step] for e in step_examples(idx)]
-        step_targets = sum(sum(1 for x in e.labels[1:] if x != IGNORE_INDEX) for g in groups for e in g)
-        step_weight = target_weight(everything, sw) / procs
-        step_loss = 0.0
-        for k, (idx, group) in enumerate(zip(micro, groups)):
-            sync = k == len(groups) - 1
-            with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-                if packing == "session":
-                    loss_sum, _ = packed_loss(model, packed[idx[0]], accelerator.device, sw)
-                    train_tokens += len(packed[idx[0]].input_ids)
-                elif share:
-                    loss_sum, _ = shared_prefix_loss(model, group, pad_id, accelerator.device, sw)
-                    train_tokens += sum(len(e.input_ids) for e in group)
-                else:
-                    batch = {key: v.to(accelerator.device) for key, v in collate(group, pad_id).items()}
-                    loss_sum, _ = target_loss(model, batch, sw)
-                    train_tokens += sum(len(e.input_ids) for e in group)
-                loss = loss_sum / step_weight
-            accelerator.backward(loss)
-            step_loss += float(loss.detach())
-        target_tokens += step_targets
-        if procs > 1:  # each process holds procs x its share over the step's weight: the mean of the sums is the step's
-            step_loss = _summed(accelerator, step_loss) / procs
-        if tp.max_grad_norm and tp.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(trainable, tp.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(step_loss)
-        bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
-        if step == 0:
-            first_step_s, first_step_tokens = time.perf_counter() - started, train_tokens
-    bar.close()
-    wall = time.perf_counter() - started
-    if procs > 1:  # counts over all processes
-        train_tokens, target_tokens = int(_summed(accelerator, train_tokens)), int(_summed(accelerator, target_tokens))
-        first_step_tokens = int(_summed(accelerator, first_step_tokens))
-    later_s = wall - first_step_s
-
-    tail = losses[-max(1, len(losses) // 10):]
-    stats = {
-        "finetune": params.model.finetune,
-        "packing": packing,
-        "shared_prefix": share,
-        "sessions_per_step": per_step if packing == "session" else None,
-        "examples": len(examples),
-        "steps": total_steps,
-        "epochs": round(total_steps * per_step / micro_per_epoch, 4),
-        "batch_size": tp.batch_size,
-        "grad_accum": tp.grad_accum,
-        "processes": procs,
-        "mixed_precision": accelerator.mixed_precision,
-        "gradient_checkpointing": checkpointing,
-        "trainable_parameters": n_trainable,
-        "final_loss": round(sum(tail) / len(tail), 5),
-        "mean_loss": round(sum(losses) / len(losses), 5),
-        "first_loss": round(losses[0], 5),
-        "train_tokens": train_tokens,
-        "target_tokens": target_tokens,
-        "tokens_per_s": round(train_tokens / wall, 1) if wall > 0 else None,
-        "first_step_s": round(first_step_s, 3),
-        "tokens_per_s_after_first": (round((train_tokens - first_step_tokens) / later_s, 1)
-                                     if total_steps > 1 and later_s > 0 else None),
-        "wall_s": round(wall, 2),
-        "seed": tp.seed,
-        "score_weight": sw,
-    }
-    accelerator.wait_for_everyone()
-    if attention is not None:
-        restore_attention(model, attention)
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        with atomic_dir(out_dir) as tmp:
-            if params.model.finetune == "lora":
-                unwrapped.save_pretrained(tmp, safe_serialization=True)
-            else:
-                unwrapped.save_pretrained(tmp, safe_serialization=True)
-                (tmp / FULL_MARKER).write_text(json.dumps({"finetune": "full"}) + "\n", "utf-8")
-                base_card = Path(base_dir) / BASE_CARD
-                if base_card.is_file():  # a fully fine-tuned tiny model is still tiny (float32)
-                    (tmp / BASE_CARD).write_text(base_card.read_text("utf-8"), "utf-8")
-            tokenizer.save_pretrained(tmp)
-            (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n", "utf-8")
-    accelerator.wait_for_everyone()
-    return stats
 
 
 def _summed(accelerator, value: float) -> float:

@@ -9,7 +9,10 @@ graph builds the additive mask once per pass. The graph is then cut so the LM he
 position only: scoring reads logits only there, and for a small model the head over a whole transcript
 costs as much as the layers. In fp32 (the CPU export) each layer's attention then becomes one ONNX Runtime
 `MultiHeadAttention` node (`fuse_attention`: about 15% less time on CPU, the same numbers); fp16 keeps the
-eager nodes, which every provider runs. `check_parity` compares ONNX Runtime (the package's scoring path,
+eager nodes, which every provider runs. A model whose LM head is its input embedding (tied: Llama-3.2, Qwen2.5 up
+to 3B) has Optimum keep one copy of the matrix; Optimum's own save of that result asks protobuf for the size of a
+graph over 2 GB, which protobuf refuses, so `export_onnx` saves such graphs with external data itself
+(`_save_checked`, standing in for Optimum's `check_and_save_model` during the export). `check_parity` compares ONNX Runtime (the package's scoring path,
 with the shared transcript cache) with PyTorch (each item's full prompt) on held sessions and fails by how
 much when over threshold.
 """
@@ -17,6 +20,7 @@ much when over threshold.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from datetime import date
 import warnings
 from pathlib import Path
@@ -156,6 +160,52 @@ def fuse_attention(model_path: str | Path, num_heads: int) -> int:
     return len(new_nodes)
 
 
+def _fits_in_protobuf(model) -> bool:
+    """Whether a graph serialises as one protobuf (under 2 GB); protobuf refuses even to size a larger one."""
+    import onnx
+    from google.protobuf.message import EncodeError
+
+    try:
+        return model.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF
+    except (EncodeError, ValueError):
+        return False
+
+
+def _save_checked(model, save_path) -> None:
+    """Optimum's `check_and_save_model`, for graphs of any size: one over protobuf's 2 GB (whose size protobuf will
+    not even compute) is saved with its tensors in `<name>_data` beside it and checked from the file."""
+    import onnx
+    from optimum.onnx import graph_transformations
+
+    if _fits_in_protobuf(model):
+        return _OPTIMUM_SAVE(model, save_path)
+    path = Path(save_path)
+    data = path.with_name(path.name + "_data")
+    for old in (path, data):  # the graph in memory holds every tensor; external data is appended to, never replaced
+        old.unlink(missing_ok=True)
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+              convert_attribute=True, size_threshold=100)
+    onnx.checker.check_model(str(path))
+    graph_transformations.logger.info(f"saved {path.name} with external data {data.name}")
+
+
+_OPTIMUM_SAVE = None  # Optimum's own, while `_large_graph_saves` stands in for it
+
+
+@contextmanager
+def _large_graph_saves():
+    """Optimum's post-processing (tied-weight deduplication) saving through `_save_checked`."""
+    global _OPTIMUM_SAVE
+    from optimum.onnx import graph_transformations
+
+    _OPTIMUM_SAVE = original = graph_transformations.check_and_save_model
+    graph_transformations.check_and_save_model = _save_checked
+    try:
+        yield
+    finally:
+        graph_transformations.check_and_save_model = original
+
+
 def export_onnx(merged_dir: str | Path, out_dir: str | Path, device: str = "cpu", last_logits_only: bool = True,
                 optimize: str | None = "auto", dtype: str | None = None) -> dict[str, Any]:
     """Export `merged_dir` to `out_dir` (model.onnx [+ model.onnx_data] + tokenizer files), atomically.
@@ -190,8 +240,11 @@ def export_onnx(merged_dir: str | Path, out_dir: str | Path, device: str = "cpu"
         model = model.to(device).eval()
         model.config.use_cache = True
         heads = model.config.get_text_config().num_attention_heads
-        onnx_export_from_model(model, str(tmp), task="text-generation-with-past", device=device, optimize=optimize,
-                               do_validation=False, preprocessors=maybe_load_preprocessors(str(merged_dir)))
+        tied = bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
+        with _large_graph_saves():
+            onnx_export_from_model(model, str(tmp), task="text-generation-with-past", device=device,
+                                   optimize=optimize, do_validation=False,
+                                   preprocessors=maybe_load_preprocessors(str(merged_dir)))
         del model
         if not (tmp / MODEL_FILE).is_file():
             raise CareError(f"export of {merged_dir} wrote no {MODEL_FILE}")
@@ -202,7 +255,7 @@ def export_onnx(merged_dir: str | Path, out_dir: str | Path, device: str = "cpu"
     size = sum((Path(out_dir) / f).stat().st_size for f in files if f.startswith("model.onnx"))
     return {"dtype": dtype, "device": device, "optimize": optimize, "files": files, "onnx_bytes": size,
             "external_data": any(f != MODEL_FILE and f.startswith("model.onnx") for f in files),
-            "logits": "last_position" if last_logits_only else "all_positions",
+            "logits": "last_position" if last_logits_only else "all_positions", "tied_embeddings": tied,
             "attention": f"MultiHeadAttention x{fused}" if fused else "eager"}
 
 

@@ -180,6 +180,12 @@ class OnnxLM:
             raise CareError("--device cuda: this onnxruntime has no CUDAExecutionProvider "
                             f"(available: {', '.join(ort.get_available_providers())}); install the gpu extra "
                             "(onnxruntime-gpu) with CUDA libraries, or use --device cpu")
+        if device == "cuda" and hasattr(ort, "preload_dlls"):
+            import contextlib
+            import sys
+
+            with contextlib.redirect_stdout(sys.stderr):  # it prints what it cannot load; stdout may carry scores
+                ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels, which are not on the loader's path
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or default_threads()
         opts.inter_op_num_threads = 1

@@ -55,6 +55,16 @@ def resolved_instrument(instrument, path: Path) -> Path:
     return path
 
 
+def base_model_id(base: str | None, preset: str) -> str:
+    """The base as the registry records it: the preset, a hub id, or `local:<directory name>` for weights on disk
+    (a path is not an id, and the registry refuses it)."""
+    if not base:
+        return preset
+    if Path(base).expanduser().exists():
+        return f"local:{Path(base).expanduser().resolve().name}"
+    return base
+
+
 def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir, cv: dict, gate: dict) -> ModelDir:
     """Merge (LoRA) or copy (full) the final model, export ONNX, check parity, write the package.
 
@@ -100,7 +110,7 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
             "n_sessions": data.n_sessions,
             "git_commit": git_commit(),
             "params_digest": params.digest(),
-            "base_model": params.model.base or params.model.preset,
+            "base_model": base_model_id(params.model.base, params.model.preset),
             "base": base_provenance(base.path, base.key),
             "preset": params.model.preset,
             "finetune": params.model.finetune,
