@@ -225,8 +225,14 @@ def _assert_no_temp_files(where: Path, allowed: set[str]) -> None:
 
 
 @pytest.mark.parametrize("line, field, message", [
-    ("9" * 5000, "<json>", "number too long"),
-    (GOOD.replace('"1": 4', '"1": ' + "9" * 5000, 1), "<json>", "number too long"),
+    ("9" * 5000, "<json>", "number of 5000 digits, over the limit"),
+    (GOOD.replace('"1": 4', '"1": ' + "9" * 5000, 1), "client_ratings.key#1", "number of 5000 digits, over the limit"),
+    (GOOD.replace('"1": 4', '"1": -' + "9" * 700, 1), "client_ratings.key#1", "number of 700 digits, over the limit"),
+    (GOOD.replace('"1": 4', '"1": NaN', 1), "client_ratings.key#1", "NaN is not JSON"),
+    (GOOD.replace('"1": 4', '"1": 1e999', 1), "client_ratings.key#1", "outside the range of a float"),
+    (GOOD.replace('"turns": [{', '"turns": [{"speaker": "x", ', 1), "turns[0]", "duplicate JSON key"),
+    (GOOD.replace('"rationales": {"1": "', '"rationales": {"1": -Infinity, "x": "', 1), "rationales.key#1",
+     "-Infinity is not JSON"),
     (GOOD.replace('"text": "', '"text": "\\udc80', 1), "turns[0].text", "lone surrogate"),
     (GOOD.replace('"h0"', '"\\ud800h0"', 1), "session_id", "lone surrogate"),
     (GOOD.replace('"rationales": {"1"', '"rationales": {"\\ud83d"', 1), "rationales.key#1", "lone surrogate"),
