@@ -72,9 +72,11 @@ class ImportResult:
 
 
 class _Skip(Exception):
-    def __init__(self, reason: str, fld: str, message: str, source: str | None = None, count: int = 1):
+    def __init__(self, reason: str, fld: str, message: str, source: str | None = None, count: int = 1,
+                 session_id: str = "?"):
         super().__init__(message)
         self.reason, self.field, self.message, self.source, self.count = reason, fld, message, source, count
+        self.session_id = session_id
 
 
 def _get(record: Any, ref: str | None) -> Any:
@@ -239,21 +241,21 @@ def _read_csv(path: Path, m: Mapping, max_chars: int) -> Iterator[_Raw | _Skip]:
     for line, row in turn_rows:
         by_session.setdefault(row[m.session.id].strip(), []).append((line, row))
     for sid, rows in by_session.items():
-        source = f"{m.csv.turns}:{rows[0][0]}"
+        source, who = f"{m.csv.turns}:{rows[0][0]}", label(sid, 80)
         if not sid:
             yield _Skip("no_session_id", "session_id", "turn rows without a session id", source)
             continue
         found = ratings.get(sid, [])
         if len(found) > 1:
             yield _Skip("malformed", "client_ratings", f"{len(found)} rows in {m.csv.ratings} "
-                        f"(lines {', '.join(str(n) for n, _ in found[:3])})", source)
+                        f"(lines {', '.join(str(n) for n, _ in found[:3])})", source, session_id=who)
             continue
         long = [(m.csv.turns, n, turned.too_long[n]) for n, _ in rows if n in turned.too_long]
         long += [(m.csv.ratings, n, rated.too_long[n]) for n, _ in found if n in rated.too_long]
         if long:
             name, line, (column, size) = long[0]
             yield _Skip("over_limit", label(column, 60), f"{size} characters, over the limit of {max_chars} "
-                        "(data.limits.max_text_chars)", f"{name}:{line}")
+                        "(data.limits.max_text_chars)", f"{name}:{line}", session_id=who)
             continue
         fields = {m.session.id: sid}
         rating_row = found[0][1] if found else None
@@ -266,18 +268,20 @@ def _read_csv(path: Path, m: Mapping, max_chars: int) -> Iterator[_Raw | _Skip]:
                 continue
             values = {row[ref].strip() for _, row in rows}
             if len(values) > 1:
-                yield _Skip("malformed", ref, f"differs between the session's turn rows in {m.csv.turns}", source)
+                yield _Skip("malformed", ref, f"differs between the session's turn rows in {m.csv.turns}", source,
+                            session_id=who)
                 break
             fields[ref] = values.pop()
         else:
             if t.order:
                 order = [row[t.order] for _, row in rows]
                 if not all(_INTEGER.fullmatch(v) for v in order):
-                    yield _Skip("malformed", t.order, "turn order is not an integer (digits) on every row", source)
+                    yield _Skip("malformed", t.order, "turn order is not an integer (digits) on every row", source,
+                                session_id=who)
                     continue
                 if len({int(v) for v in order}) < len(order):
                     yield _Skip("malformed", t.order, "turn order repeats a number: which turn comes first is "
-                                "ambiguous", source)
+                                "ambiguous", source, session_id=who)
                     continue
                 rows = sorted(rows, key=lambda r: int(r[1][t.order]))
             yield _Raw(source, fields, [(f"{m.csv.turns}:{line}", row) for line, row in rows], rating_row or {})
@@ -415,7 +419,7 @@ def import_table(path: str | Path, mapping_path: str | Path,
             continue
         read += 1
         if isinstance(raw, _Skip):
-            skip(raw, raw.source or "?", "?")
+            skip(raw, raw.source or "?", raw.session_id)
             continue
         try:
             sid = _get(raw.fields, m.session.id)
