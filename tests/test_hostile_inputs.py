@@ -528,3 +528,22 @@ def test_score_with_a_hostile_model_path_is_a_one_line_error(run_cli, tmp_path):
         result = run_cli("score", "--model", model, path, "--out", tmp_path / "o.jsonl")
         assert_contract(result)
         assert result.exit_code == 1 and not (tmp_path / "o.jsonl").exists()
+
+
+def test_numbers_and_keys_json_cannot_hold_are_refused_with_their_place(tmp_path):
+    """ESConv files: a 5,000-digit rating, NaN and a repeated key are one located line, never a traceback."""
+    from care.data.importers.esconv import import_esconv
+    from care.errors import CareError
+
+    dialog = '{"dialog": [{"speaker": "usr", "text": "hi"}], "survey_score": {"seeker": {"empathy": %s}}}'
+    cases = {"train.json": (dialog % ("9" * 5000) + "\n", ":1: field=survey_score.seeker.empathy: number of 5000"),
+             "a.json": ("[" + dialog % "4" + ", " + dialog % "NaN" + "]",
+                        ": dialog 2 field=survey_score.seeker.empathy: NaN is not JSON"),
+             "b.json": ("[" + dialog % "4" + ", " + dialog % '4, "empathy": 5' + "]",
+                        ": dialog 2 field=survey_score.seeker: duplicate JSON key (key 2 of an object")}
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text, "utf-8")
+        with pytest.raises(CareError) as info:
+            import_esconv([path])
+        assert str(info.value).startswith(f"{path}{message}") and "\n" not in str(info.value)
