@@ -94,3 +94,10 @@ def test_ordinary_anchors_still_load():
     assert load_yaml(doc, "f.yaml", "params") == {"base": {"lr": 0.1, "seed": 3}, "fold1": {"lr": 0.1, "seed": 3},
                                                   "fold2": {"lr": 0.1, "seed": 4}, "list": [1, 1, 1]}
     assert load_instrument("wai-sr").item_ids and load_params(ROOT / "params.yaml").data
+
+
+def test_no_yaml_is_loaded_around_the_bounded_loader():
+    sources = {p: p.read_text("utf-8") for d in ("care", "care_cli", "zenml_registry", "steps", "pipelines")
+               for p in (ROOT / d).rglob("*.py") if p != ROOT / "care" / "safe_yaml.py"}
+    for needle in ("safe_load", "yaml.load", "full_load", "unsafe_load", "Loader", "yaml.compose", "yaml.parse"):
+        assert not [str(p.relative_to(ROOT)) for p, text in sources.items() if needle in text], needle
