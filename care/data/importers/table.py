@@ -10,9 +10,14 @@ Shapes (`format` in the mapping, `care.data.importers.mapping`):
 
 Rules, per session: speaker values map to counselor/client by `speakers` (`ignore`d ones are dropped and
 counted, any other value skips the session); a turn's text is stripped and an empty turn dropped (counted);
-ids that are JSON integers become strings; a rating must be an integer (a JSON integer, or a cell of digits):
+ids and speaker values that are JSON integers become strings (other non-strings, and a context or rationale
+that is not a string, skip the session); a rating must be an integer (a JSON integer, or a cell of digits):
 anything else skips the session, as does a missing client rating (unless `ratings_required: false` and no
-item is rated at all); a later session with an id already imported is skipped. Every session kept is then
+item is rated at all); a later session with an id already imported is skipped. Nothing is guessed: JSON is
+parsed strictly (`care.data.strict_json`: NaN, numbers JSON cannot hold and repeated keys skip their record),
+a reference that names both a dotted key and a nested path, a CSV turn order that is not digits or repeats,
+and a text over `data.limits` (`over_limit`; a CSV cell over max_text_chars too) skip the session; a CSV
+header naming a column twice is refused. Every session kept is then
 checked with the same rules as `care validate` (`care.data.validation`: the instrument's items and scale,
 languages, speakers, turn times...) and skipped, with those problems, when any applies.
 
