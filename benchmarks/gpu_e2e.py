@@ -190,6 +190,8 @@ def _params(args, settings, work: Path) -> Path:
     """The run's params: params.yaml's real-preset defaults on the local base, CI-sized, with a gate set to pass."""
     import yaml
 
+    from care.safe_yaml import load_yaml_file
+
     tree = {
         "data": {"path": str(work / "data" / "sessions.jsonl"), "instrument": "wai-sr"},
         "model": {"preset": "llama-3.1-8b-instruct", "base": str(work / "base"), "max_length": 2048},
@@ -200,7 +202,7 @@ def _params(args, settings, work: Path) -> Path:
         "release": {"out": str(work / "release"), "export_device": args.device},
         "registry": {"model_name": "care-alliance-e2e"},
     }
-    shipped = yaml.safe_load((ROOT / "params.yaml").read_text("utf-8"))
+    shipped = load_yaml_file(ROOT / "params.yaml", "params")
     for section, values in tree.items():
         shipped.setdefault(section, {}).update(values)
     path = work / "params.yaml"

@@ -9,10 +9,10 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from care.errors import UsageError, label
+from care.safe_yaml import load_yaml, load_yaml_file
 
 
 Count = Annotated[int, Field(ge=1)]  # sizes, steps, batches: at least 1
@@ -310,10 +310,8 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UsageError(f"--set {key}: {part} is not a section")
-    try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-    except (yaml.YAMLError, RecursionError):
-        raise UsageError(f"--set {label(key.strip(), 80)}: the value is not valid YAML") from None
+    node[parts[-1]] = load_yaml(raw, f"--set {label(key.strip(), 80)}", "the value", UsageError,
+                                located=False) if raw.strip() else None
 
 
 def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
@@ -322,10 +320,7 @@ def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | 
     if path is not None:
         p = Path(path)
         if p.exists():
-            try:
-                tree = yaml.safe_load(p.read_text("utf-8")) or {}
-            except yaml.YAMLError:
-                raise UsageError(f"{p}: not valid YAML") from None
+            tree = load_yaml_file(p, "params file", UsageError) or {}
         elif str(path) != "params.yaml":
             raise UsageError(f"{p}: params file not found")
     tree = copy.deepcopy(tree)

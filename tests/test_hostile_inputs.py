@@ -225,8 +225,14 @@ def _assert_no_temp_files(where: Path, allowed: set[str]) -> None:
 
 
 @pytest.mark.parametrize("line, field, message", [
-    ("9" * 5000, "<json>", "number too long"),
-    (GOOD.replace('"1": 4', '"1": ' + "9" * 5000, 1), "<json>", "number too long"),
+    ("9" * 5000, "<json>", "number of 5000 digits, over the limit"),
+    (GOOD.replace('"1": 4', '"1": ' + "9" * 5000, 1), "client_ratings.key#1", "number of 5000 digits, over the limit"),
+    (GOOD.replace('"1": 4', '"1": -' + "9" * 700, 1), "client_ratings.key#1", "number of 700 digits, over the limit"),
+    (GOOD.replace('"1": 4', '"1": NaN', 1), "client_ratings.key#1", "NaN is not JSON"),
+    (GOOD.replace('"1": 4', '"1": 1e999', 1), "client_ratings.key#1", "outside the range of a float"),
+    (GOOD.replace('"turns": [{', '"turns": [{"speaker": "x", ', 1), "turns[0]", "duplicate JSON key"),
+    (GOOD.replace('"rationales": {"1": "', '"rationales": {"1": -Infinity, "x": "', 1), "rationales.key#1",
+     "-Infinity is not JSON"),
     (GOOD.replace('"text": "', '"text": "\\udc80', 1), "turns[0].text", "lone surrogate"),
     (GOOD.replace('"h0"', '"\\ud800h0"', 1), "session_id", "lone surrogate"),
     (GOOD.replace('"rationales": {"1"', '"rationales": {"\\ud83d"', 1), "rationales.key#1", "lone surrogate"),
@@ -522,3 +528,22 @@ def test_score_with_a_hostile_model_path_is_a_one_line_error(run_cli, tmp_path):
         result = run_cli("score", "--model", model, path, "--out", tmp_path / "o.jsonl")
         assert_contract(result)
         assert result.exit_code == 1 and not (tmp_path / "o.jsonl").exists()
+
+
+def test_numbers_and_keys_json_cannot_hold_are_refused_with_their_place(tmp_path):
+    """ESConv files: a 5,000-digit rating, NaN and a repeated key are one located line, never a traceback."""
+    from care.data.importers.esconv import import_esconv
+    from care.errors import CareError
+
+    dialog = '{"dialog": [{"speaker": "usr", "text": "hi"}], "survey_score": {"seeker": {"empathy": %s}}}'
+    cases = {"train.json": (dialog % ("9" * 5000) + "\n", ":1: field=survey_score.seeker.empathy: number of 5000"),
+             "a.json": ("[" + dialog % "4" + ", " + dialog % "NaN" + "]",
+                        ": dialog 2 field=survey_score.seeker.empathy: NaN is not JSON"),
+             "b.json": ("[" + dialog % "4" + ", " + dialog % '4, "empathy": 5' + "]",
+                        ": dialog 2 field=survey_score.seeker: duplicate JSON key (key 2 of an object")}
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text, "utf-8")
+        with pytest.raises(CareError) as info:
+            import_esconv([path])
+        assert str(info.value).startswith(f"{path}{message}") and "\n" not in str(info.value)

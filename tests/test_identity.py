@@ -1,7 +1,8 @@
 """Identity and text hygiene (issue 14, item 6).
 
-- Ids that differ only by case, surrounding spaces or invisible characters (U+200B, U+FEFF, bidi marks) are
-  one id: such spellings are located problems in validation and intake, and folds never split them.
+- Ids that differ only by case, surrounding spaces, invisible characters (U+200B, U+FEFF, bidi marks) or
+  look-alike letters (the UTS #39 confusables skeleton: Cyrillic "с", Greek "ο", "0" and "O") are one id: such
+  spellings are located problems in validation and intake, and folds never split them; different ids stay apart.
 - Client text that looks like control tokens (`<|eot_id|>`, `<|im_start|>`, the tiny preset's `<|end|>`, ...)
   is encoded as plain text in prompts and targets, on the tiny tokenizer and on tokenizers carrying the real
   Llama-3.1 and Qwen2.5 added-token lists with their chat templates; transformers and the package tokenizer
@@ -17,7 +18,7 @@ import pytest
 
 from conftest import corpus_rows, session_dict, write_jsonl_file
 
-from care.data.ids import normalise_id
+from care.data.ids import normalise_id, readable_id
 from care.data.instrument import load_instrument
 from care.data.schema import Session
 
@@ -47,8 +48,45 @@ PRESETS = {
 
 def test_ids_normalise_case_spaces_and_invisible_characters():
     same = ["c001", "C001", " c001 ", "c001\u200b", "\ufeffc001", "ｃ００１", "c\u200d001", "c001\u200e"]
-    assert {normalise_id(v) for v in same} == {"c001"}
+    assert {readable_id(v) for v in same} == {"c001"} and len({normalise_id(v) for v in same}) == 1
     assert normalise_id("c002") != normalise_id("c001") and normalise_id("\u200b \u200b") == ""
+
+
+# Latin c0040 and its look-alikes: Cyrillic es, Greek omicron, capital O for zero, full-width digits, a
+# Cyrillic capital ES with a zero-width joiner, mixed Cyrillic and Greek
+LOOK_ALIKES = ["c0040", "\u04410040", "c\u03bf040", "c0O40", "c\uff10\uff10\uff14\uff10", "\u0421\u200d0040",
+               "\u0441\u03bf\u041e4\u03bf"]
+DIFFERENT = ["c0040", "c0041", "c0400", "c040", "client0040", "张伟", "张伟2", "张玮", "田中", "山田", "さとう", "さいとう",
+             "サトウ", "김민준", "김민수", "Müller", "Muller"]
+
+
+def test_look_alike_ids_are_one_id_and_different_ids_stay_apart():
+    assert len({normalise_id(v) for v in LOOK_ALIKES}) == 1
+    assert len({normalise_id(v) for v in DIFFERENT}) == len(DIFFERENT)
+
+
+def test_look_alike_ids_are_problems_in_validation_and_intake_and_one_group_in_folds(tmp_path):
+    from care.data.folds import fold_of, make_folds
+    from care.data.intake import conflict_problems
+    from care.data.validation import validate_file
+
+    rows = [session_dict(session_id="s1", client_id="c0040"), session_dict(session_id="s2", client_id="\u04410040"),
+            session_dict(session_id="\u04151", client_id="c0041"), session_dict(session_id="E1", client_id="c0041")]
+    problems = validate_file(write_jsonl_file(tmp_path, rows)).problems
+    assert {(p.line, p.field) for p in problems} == {(1, "client_id"), (2, "client_id"), (3, "session_id"),
+                                                     (4, "session_id")}
+    assert all("look-alike" in p.message for p in problems)
+    existing = [Session.model_validate(session_dict(session_id="s1", client_id="c0040"))]
+    new = [Session.model_validate(session_dict(session_id="\u04151", client_id="c0041")),
+           Session.model_validate(session_dict(session_id="s2", client_id="c\u03bf040"))]
+    found = conflict_problems(existing, [1], "data/sessions.jsonl", new, [1, 2], "new.jsonl")
+    assert {(p.line, p.field) for p in found} == {(2, "client_id")}  # E1 (Cyrillic E) is not s1
+    rows = corpus_rows(40, n_turns=4)
+    for row, spelling in zip(rows[:len(LOOK_ALIKES)], LOOK_ALIKES):
+        row["client_id"] = spelling
+    sessions = [Session.model_validate(r) for r in rows]
+    where = fold_of(make_folds(sessions, INSTRUMENT, 4, seed=1))
+    assert len({where[s.session_id] for s in sessions[:len(LOOK_ALIKES)]}) == 1
 
 
 def test_validation_reports_spellings_and_near_duplicate_sessions(tmp_path):

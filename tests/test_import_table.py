@@ -165,3 +165,126 @@ def test_a_csv_without_a_mapped_column_is_refused_by_name(tmp_path):
         (data / "ratings.csv").write_text((data / "ratings.csv").read_text("utf-8").replace("ja0", "zz0"), "utf-8")
         write_import(data, tmp_path / "m.yaml", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------ records Python would guess on
+
+
+def _raw_line(record: dict, **raw: str) -> str:
+    """`record` as a JSON line, each `raw` key's placeholder replaced by literal JSON (numbers JSON can't hold)."""
+    line = json.dumps(record)
+    for key, literal in raw.items():
+        line = line.replace(f'"@{key}@"', literal, 1)
+    return line
+
+
+def test_json_records_are_never_guessed_at_but_skipped_with_their_location(tmp_path):
+    both = _record("x10")
+    both["meta.id"] = "other"  # a key that is also the dotted path meta.id
+    why = _record("x11")
+    why["why"] = {"e": 5, "r": "the client says so"}
+    lines = [
+        json.dumps(_record("x0")),
+        _raw_line(_record("x1", empathy="@e@"), e="9" * 5000),
+        _raw_line(_record("x2", relevance="@r@"), r="NaN"),
+        _raw_line(_record("x3", client="@c@"), c="1e999"),
+        json.dumps(_record("x4"))[:-1] + ', "survey": {"empathy": 1, "relevance": 1}}',
+        json.dumps(_record("x5", empathy=4.0)),
+        json.dumps(_record(True)),
+        json.dumps(_record(1.5)),
+        json.dumps(_record("x8", speakers=({"who": "T"}, "C"))),
+        json.dumps({**_record("x9"), "intake": 5}),
+        json.dumps(both),
+        json.dumps(why),
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\ufeff" + "\n".join(lines) + "\n", "utf-8")  # a byte-order mark first: read past
+    mapping = _mapping(tmp_path, rationales={"empathy": "why.e", "relevance": "why.r"})
+    result, *_ = import_table(src, mapping)
+    assert [s.session_id for s in result.sessions] == ["x0"]
+    got = {(p["source"], p["session_id"], p["field"], p["message"].split(" (")[0].split(",")[0])
+           for p in result.problems}
+    assert got == {
+        ("in.jsonl:2", "?", "survey.empathy", "number of 5000 digits"),
+        ("in.jsonl:3", "?", "survey.relevance", "NaN is not JSON"),
+        ("in.jsonl:4", "?", "meta.client", "number outside the range of a float"),
+        ("in.jsonl:5", "?", "<json>", "duplicate JSON key"),
+        ("in.jsonl:6", "x5", "client_ratings.empathy", "not an integer"),
+        ("in.jsonl:7", "?", "session_id", "not a string"),
+        ("in.jsonl:8", "?", "session_id", "not a string"),
+        ("in.jsonl:9", "x8", "turns[0].speaker", "not a string"),
+        ("in.jsonl:10", "x9", "context", "not a string"),
+        ("in.jsonl:11", "?", "meta.id", "both a key with this name and a nested path of it: which one is meant is "
+                                        "ambiguous"),
+        ("in.jsonl:12", "x11", "rationales.empathy", "not a string"),
+    }
+    assert result.skipped["malformed"] == 10 and result.skipped["not_an_integer"] == 1
+    assert "the client says so" not in json.dumps(result.problems)
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    for k, line in enumerate(lines[:2]):
+        (folder / f"{k:02d}.json").write_text("\ufeff" + line, "utf-8")
+    result, *_ = import_table(folder, _mapping(tmp_path, format="json_dir"))
+    assert [s.session_id for s in result.sessions] == ["x0"]
+    assert [(p["source"], p["field"]) for p in result.problems] == [("01.json", "survey.empathy")]
+
+
+def _csv_copy(tmp_path: Path, name: str = "data") -> Path:
+    data = tmp_path / name
+    data.mkdir()
+    for f in ("turns.csv", "ratings.csv"):
+        (data / f).write_bytes((EXAMPLE / "data" / f).read_bytes())
+    doc = yaml.safe_load((EXAMPLE / "mapping.yaml").read_text("utf-8"))
+    doc["instrument"] = str(EXAMPLE / "instrument.yaml")
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), "utf-8")
+    return data
+
+
+def _edit_csv(path: Path, line: int, column: str, value: str) -> None:
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(path.read_text("utf-8"), newline="")))
+    rows[line - 1][rows[0].index(column)] = value
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    path.write_text(out.getvalue(), "utf-8")
+
+
+def test_csv_fields_over_the_csv_default_import_and_over_the_limit_skip_their_session(tmp_path):
+    from care.params import DataLimits
+
+    data = _csv_copy(tmp_path)
+    before, *_ = import_table(data, tmp_path / "m.yaml")
+    long = "長い発言です。" * 30_000  # 210,000 characters: over csv's default field limit of 131,072
+    _edit_csv(data / "turns.csv", 4, "text", long)
+    result, *_ = import_table(data, tmp_path / "m.yaml")
+    assert [s.session_id for s in result.sessions] == [s.session_id for s in before.sessions]
+    assert any(t.text == long for s in result.sessions for t in s.turns)
+    result, *_ = import_table(data, tmp_path / "m.yaml", limits=DataLimits(max_text_chars=200_000))
+    assert [s.session_id for s in result.sessions] == [s.session_id for s in before.sessions][1:]
+    assert result.skipped["over_limit"] == 1
+    assert [(p["source"], p["session_id"], p["field"]) for p in result.problems][0] == ("turns.csv:4", "ja0000", "text")
+    assert "210000 characters, over the limit of 200000" in result.problems[0]["message"]
+    import csv
+
+    assert csv.field_size_limit() == 131072  # the process-wide default is restored
+
+
+def test_a_csv_header_with_a_column_twice_is_refused_by_name(tmp_path):
+    data = _csv_copy(tmp_path)
+    text = (data / "ratings.csv").read_text("utf-8").split("\n", 1)
+    (data / "ratings.csv").write_text(text[0].replace(",q20", ",q7") + "\n" + text[1], "utf-8")
+    with pytest.raises(CareError) as info:
+        import_table(data, tmp_path / "m.yaml")
+    assert str(info.value) == (f"{data / 'ratings.csv'}:1: column 'q7' appears 2 times in the header; which one "
+                               "counts is ambiguous: rename or remove the others")
+
+
+@pytest.mark.parametrize("order", ["1_0", "٣", "2"])  # int() reads the first two; the last repeats a number
+def test_csv_turn_order_is_digits_and_never_repeats(tmp_path, order):
+    data = _csv_copy(tmp_path)
+    _edit_csv(data / "turns.csv", 2, "turn", order)  # ja0000's first turn row (its turns are 0, 1, 2, ...)
+    result, *_ = import_table(data, tmp_path / "m.yaml")
+    assert "ja0000" not in [s.session_id for s in result.sessions]
+    assert [(p["source"], p["field"]) for p in result.problems if p["session_id"] == "ja0000"] == [("turns.csv:2", "turn")]

@@ -11,12 +11,13 @@ import json
 import random
 import re
 import stat
+from html.parser import HTMLParser
 from pathlib import Path
 
 from conftest import session_dict, write_jsonl_file
 
 from care.data.instrument import load_instrument
-from care.report.html import text
+from care.report.html import _HIDDEN, text
 
 INST = load_instrument("wai-sr")
 HOSTILE = ["你好，<script>alert('x')</script>今天想聊些什么？",
@@ -26,12 +27,13 @@ HOSTILE = ["你好，<script>alert('x')</script>今天想聊些什么？",
            "听起来这段时间很辛苦，能多说一些吗？"]
 
 
-def write_inputs(where: Path, n: int = 7, intervals: bool = True, seed: int = 1) -> tuple[Path, Path]:
+def write_inputs(where: Path, n: int = 7, intervals: bool = True, seed: int = 1,
+                 ids: list[str] | None = None) -> tuple[Path, Path]:
     """Sessions with hostile transcripts and matching `care score`-shaped records (quotes, intervals)."""
     rng = random.Random(seed)
     rows, scores = [], []
     for k in range(n):
-        sid = f"s{k:02d}" if k else "s<b>00</b>"
+        sid = ids[k] if ids else f"s{k:02d}" if k else "s<b>00</b>"
         rows.append(session_dict(session_id=sid, turns=[{"speaker": ("counselor", "client")[t % 2], "text": x}
                                                          for t, x in enumerate(HOSTILE)],
                                  client_ratings=None, counselor_ratings=None, rationales=None))
@@ -57,6 +59,13 @@ def write_inputs(where: Path, n: int = 7, intervals: bool = True, seed: int = 1)
     return write_jsonl_file(where / "scores.jsonl", scores), write_jsonl_file(where / "sessions.jsonl", rows)
 
 
+# ids a person cannot read as written: a bidi override (the review's case), an isolate, an Arabic letter mark,
+# zero-width space and joiner, a word joiner, a byte-order mark, Unicode tag characters (invisible "AB" and a
+# cancel tag), a Hangul filler, and quotes that would end the attribute
+HIDDEN_IDS = ["s\u202e01", "s\u206602\u2069", "s03\u061c", "s\u200b04\u200d", "s05\u2060\ufeff",
+              "s06\U000e0041\U000e0042\U000e007f", "s07\u3164", 's08"\' data-x="1']
+
+
 def _report(run_cli, tmp_path, **kw) -> str:
     scores, sessions = write_inputs(tmp_path, **kw)
     out = tmp_path / "report.html"
@@ -75,7 +84,7 @@ def test_hostile_text_is_shown_as_text(run_cli, tmp_path):
     assert "&lt;/textarea&gt;&lt;img src=x onerror=alert(1)&gt;" in page
     for ch in "\u202e\u202c\u2066\u2069\x07\x1b":
         assert ch not in page
-    assert '<span class="ctl">U+202E</span>' in page and '<span class="ctl">U+0007</span>' in page
+    assert '<span class="ctl">\u27e8U+202E\u27e9</span>' in page and '<span class="ctl">\u27e8U+0007\u27e9</span>' in page
     assert "s&lt;b&gt;00&lt;/b&gt;" in page and "<b>00</b>" not in page
     hrefs = re.findall(r'href="([^"]*)"', page)
     assert hrefs and all(re.fullmatch(r"#(top|s\d+(-t\d+)?)", h) for h in hrefs)
@@ -110,6 +119,66 @@ def test_overview_order_and_uncertain_marks(run_cli, tmp_path):
     assert 'class="uncertain"' not in plain and "no intervals" in plain
 
 
+class _Overview(HTMLParser):
+    """The overview table's rows: per row, each cell's attributes and its text."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[list[tuple[dict, str]]] = []
+        self._in = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self._in = dict(attrs).get("id") == "overview"
+        elif self._in and tag == "tr" and dict(attrs).get("data-i") is not None:
+            self.rows.append([])
+        elif self._in and tag == "td" and self.rows:
+            self.rows[-1].append((dict(attrs), ""))
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in = False
+
+    def handle_data(self, data):
+        if self._in and self.rows and self.rows[-1]:
+            attrs, seen = self.rows[-1][-1]
+            self.rows[-1][-1] = (attrs, seen + data)
+
+
+def _visible(value: str) -> str:
+    return "".join(f"\u27e8U+{ord(c):04X}\u27e9" if _HIDDEN.match(c) else c for c in value)
+
+
+def test_hidden_characters_in_ids_are_marked_in_cells_and_sort_keys(run_cli, tmp_path):
+    page = _report(run_cli, tmp_path, n=len(HIDDEN_IDS), ids=HIDDEN_IDS)
+    for ch in "\u202e\u2066\u2069\u061c\u200b\u200d\u2060\ufeff\U000e0041\U000e007f\u3164":
+        assert ch not in page
+    overview = _Overview()
+    overview.feed(page)
+    cells = 3 + len(INST.dimensions)
+    assert len(overview.rows) == len(HIDDEN_IDS) and all(len(r) == cells for r in overview.rows)
+    for row in overview.rows:
+        assert set(row[0][0]) == {"data-v"}  # no attribute smuggled in by a quote
+    shown = sorted(row[0][0]["data-v"] for row in overview.rows)
+    assert shown == sorted(_visible(i) for i in HIDDEN_IDS)
+    assert all(row[0][1].startswith(row[0][0]["data-v"]) for row in overview.rows)  # the cell reads as its key
+    assert "s\u27e8U+202E\u27e901" in shown and "s06\u27e8U+E0041\u27e9\u27e8U+E0042\u27e9\u27e8U+E007F\u27e9" in shown
+    assert text('a"b\'c<\u200b>', attribute=True) == "a&quot;b&#x27;c&lt;\u27e8U+200B\u27e9&gt;"
+
+
+def test_numbers_json_cannot_hold_are_located_problems(run_cli, tmp_path):
+    scores, sessions = write_inputs(tmp_path, n=2)
+    lines = scores.read_text("utf-8").splitlines()
+    lines[0] = re.sub(r'"greedy": 3', '"greedy": ' + "7" * 5000, lines[0], count=1)
+    lines[1] = lines[1].replace('"truncated": false', '"truncated": false, "truncated": true', 1)
+    scores.write_text("\n".join(lines) + "\n", "utf-8")
+    result = run_cli("report", scores, "--sessions", sessions, "--out", tmp_path / "r.html", "--instrument", "wai-sr")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"{scores}:1 session=s<b>00</b> field=items.key#1.greedy: number of 5000 digits" in result.stderr
+    assert f"{scores}:2 session=? field=<json>: duplicate JSON key (key 6 of an object" in result.stderr
+    assert "7777" not in result.output
+
+
 def _case(tmp_path: Path, name: str, edit) -> tuple[Path, Path]:
     where = tmp_path / name
     where.mkdir()
@@ -132,7 +201,14 @@ def test_bad_inputs_exit_1_and_write_nothing(run_cli, tmp_path):
     def scale(r):
         r[0]["dimensions"]["goal"] = 9.0
 
+    def level(r):  # a level that is no number, and one that could be anyone's words
+        r[0]["interval"]["goal"]["80%"] = r[0]["interval"]["goal"].pop("80")
+        r[1]["items"]["2"]["interval"]["SECRET-LEVEL"] = [1.0, 2.0]
+
     cases = {"unknown": (unknown, ":2 session=nope field=session_id: no such session"),
+             "level": (level, ":1 session=s<b>00</b> field=interval.goal.level#2: Value error, an interval level "
+                              "must be a number of percent"),
+             "item level": (level, ":2 session=s01 field=items.2.interval.level#3: Value error, an interval level"),
              "quote": (quote, ":1 session=s<b>00</b> field=items.3.quotes[0]: not a span"),
              "items": (items, ":2 session=s01 field=items: items do not match instrument wai-sr"),
              "scale": (scale, ":1 session=s<b>00</b> field=dimensions.goal: outside the scale")}
@@ -142,7 +218,8 @@ def test_bad_inputs_exit_1_and_write_nothing(run_cli, tmp_path):
         result = run_cli("report", scores, "--sessions", sessions, "--out", out, "--instrument", "wai-sr")
         assert result.exit_code == 1 and message in result.stderr, (name, result.stderr)
         assert not out.exists() and "Traceback" not in result.output
-        assert HOSTILE[1][:4] not in result.output
+        assert HOSTILE[1][:4] not in result.output and "SECRET" not in result.output and "80%" not in result.output
+        assert all(line.startswith(str(scores)) for line in result.stderr.splitlines()[:-1])
     missing = run_cli("report", tmp_path / "absent.jsonl", "--sessions", sessions, "--out", tmp_path / "x.html",
                       "--instrument", "wai-sr")
     assert missing.exit_code == 1 and "absent.jsonl: no such file" in missing.stderr

@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from test_report import write_inputs
+from test_report import HIDDEN_IDS, write_inputs
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -106,3 +106,23 @@ def test_sorting(page):
     ids = column(0)
     assert ids == sorted(ids)
     assert seen["console"] == []
+
+
+def test_ids_with_hidden_characters_keep_their_cells_and_sort_keys(browser, run_cli, tmp_path):
+    scores, sessions = write_inputs(tmp_path, n=len(HIDDEN_IDS), ids=HIDDEN_IDS)
+    out = tmp_path / "report.html"
+    assert run_cli("report", scores, "--sessions", sessions, "--out", out, "--instrument", "wai-sr").exit_code == 0
+    page = browser.new_page()
+    try:
+        page.goto(out.as_uri())
+        page.click("#overview thead th:nth-child(1) button")
+        rows = page.eval_on_selector_all("#overview tbody tr", "rows => rows.map(r => [r.cells.length, "
+                                         "r.cells[0].getAttribute('data-v'), r.cells[0].innerText, "
+                                         "r.cells[0].attributes.length])")
+        heads = page.eval_on_selector_all("#overview thead th", "hs => hs.length")
+    finally:
+        page.close()
+    assert len(rows) == len(HIDDEN_IDS) and all(n == heads and attrs == 1 for n, _, _, attrs in rows)
+    keys = [key for _, key, _, _ in rows]
+    assert keys == sorted(keys) and all(shown.startswith(key) for _, key, shown, _ in rows)
+    assert "s\u27e8U+202E\u27e901" in keys and not any(c in "".join(keys) for c in "\u202e\u200b\u2060\U000e0041")

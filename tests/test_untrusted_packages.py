@@ -219,10 +219,28 @@ def _key_pair(where: Path, name: str) -> tuple[Path, Path]:
     return private, public
 
 
+def _other_key(where: Path, kind: str, password: bytes | None = None) -> tuple[Path, Path]:
+    """A key pair of a type model-signing cannot use (RSA, Ed25519, EC on secp256k1), or an encrypted P-256."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    key = {"rsa": lambda: rsa.generate_private_key(65537, 2048), "ed25519": ed25519.Ed25519PrivateKey.generate,
+           "k1": lambda: ec.generate_private_key(ec.SECP256K1()),
+           "locked": lambda: ec.generate_private_key(ec.SECP256R1())}[kind]()
+    crypt = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    private, public = where / f"{kind}.pem", where / f"{kind}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, crypt))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     where = tmp_path_factory.mktemp("keys")
-    return {"team": _key_pair(where, "team"), "other": _key_pair(where, "other")}
+    return {"team": _key_pair(where, "team"), "other": _key_pair(where, "other"),
+            **{kind: _other_key(where, kind) for kind in ("rsa", "ed25519", "k1")},
+            "locked": _other_key(where, "locked", b"s3cret")}
 
 
 def test_score_with_a_trusted_key(run_cli, pkg, inputs, tmp_path, keys, monkeypatch):
@@ -274,6 +292,10 @@ def test_pull_with_a_trusted_key(zenml_store, rel, run_cli, tmp_path, keys):
     bad_key = tmp_path / "not-a-key.pub"
     bad_key.write_text("hello", "utf-8")
     assert pull(v_signed, tmp_path / "pulled" / "bad", bad_key).exit_code == 2
+    for kind in ("rsa", "ed25519"):
+        result = pull(v_signed, tmp_path / "pulled" / kind, keys[kind][1])
+        assert result.exit_code == 2 and "accepted: an elliptic-curve key on P-256" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "pulled" / kind).exists()
 
 
 def test_a_signing_key_that_is_missing_is_refused_before_training(run_cli, tmp_path, monkeypatch):
@@ -282,13 +304,38 @@ def test_a_signing_key_that_is_missing_is_refused_before_training(run_cli, tmp_p
     assert result.exit_code == 2 and "CARE_SIGNING_KEY" in result.output and not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("kind, password, message", [
+    ("rsa", None, "key type RSA; accepted: an elliptic-curve key on P-256, P-384 or P-521"),
+    ("ed25519", None, "key type Ed25519; accepted"),
+    ("k1", None, "key type elliptic curve on secp256k1; accepted"),
+    ("locked", None, "the key is encrypted: set CARE_SIGNING_KEY_PASSWORD"),
+    ("locked", "wrong", "not a private key in PEM, or CARE_SIGNING_KEY_PASSWORD is wrong"),
+])
+def test_a_signing_key_of_the_wrong_type_is_refused_before_training(run_cli, tmp_path, monkeypatch, keys, kind,
+                                                                     password, message):
+    monkeypatch.setenv("CARE_SIGNING_KEY", str(keys[kind][0]))
+    if password:
+        monkeypatch.setenv("CARE_SIGNING_KEY_PASSWORD", password)
+    result = run_cli("train", "--params", "params.ci.yaml", "--metrics-dir", str(tmp_path / "m"))
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: CARE_SIGNING_KEY={keys[kind][0]}: {message}")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
+
+
+def test_trusted_keys_of_the_wrong_type_are_refused_in_one_line(pkg, run_cli, inputs, tmp_path, keys):
+    out = tmp_path / "o.jsonl"
+    for kind in ("rsa", "ed25519", "k1"):
+        result = run_cli("score", "--model", pkg, inputs, "--out", out, "--trusted-key", keys[kind][1])
+        assert result.exit_code == 2 and "accepted: an elliptic-curve key on P-256, P-384 or P-521" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output and not out.exists()
+
+
 def test_a_malformed_signature_is_refused_in_one_line(pkg, run_cli, inputs, tmp_path, keys):
     (pkg / "manifest.sig").write_text(json.dumps({"not": "a bundle"}), "utf-8")
     out = tmp_path / "o.jsonl"
     assert_refused(run_cli("score", "--model", pkg, inputs, "--out", out, "--trusted-key", keys["team"][1]), out,
                    "does not verify")
     result = run_cli("score", "--model", pkg, inputs, "--out", out, "--trusted-key", pkg / "README.md")
-    assert result.exit_code == 2 and "not an elliptic-curve public key" in result.output
+    assert result.exit_code == 2 and "not a public key in PEM" in result.output
 
 
 def test_pull_never_opens_a_fifo_in_the_store(zenml_store, rel, run_cli, tmp_path):

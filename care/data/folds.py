@@ -15,39 +15,46 @@ from collections.abc import Iterable
 import numpy as np
 
 from care.errors import CareError
-from care.data.ids import normalise_id
+from care.data.ids import normalise_id, readable_id
 from care.data.instrument import Instrument
 from care.data.schema import Session
 
 MAX_BINS = 5
 
 
-def _group(session: Session) -> str:
-    """The client a session belongs to, compared normalised (care.data.ids): `C01`, `c01 ` and `c01\u200b` are
-    one client, so never split across training and held-out folds."""
-    if session.client_id is not None:
-        return f"client:{normalise_id(session.client_id)}"
-    return f"session:{session.session_id}"
+def _groups(sessions: list[Session]) -> list[str]:
+    """The client each session belongs to, compared normalised (care.data.ids): `C01`, `c01 `, `c01\u200b` and a
+    Cyrillic `с01` are one client, so never split across training and held-out folds. A group is named by the
+    readable spelling of its first session's client id: data without look-alike spellings keeps its folds."""
+    names: dict[str, str] = {}
+    out = []
+    for s in sessions:
+        if s.client_id is None:
+            out.append(f"session:{s.session_id}")
+        else:
+            out.append("client:" + names.setdefault(normalise_id(s.client_id), readable_id(s.client_id)))
+    return out
 
 
 def _strata(sessions: list[Session], instrument: Instrument, n_folds: int) -> np.ndarray:
     """Quantile bin (by rank) of the client's mean overall score, per session."""
     per_group: dict[str, list[float]] = {}
-    for s in sessions:
+    groups = _groups(sessions)
+    for s, group in zip(sessions, groups):
         if not s.client_ratings:
             raise CareError(f"session={s.session_id} field=client_ratings: needed to make folds")
         missing = [i for i in instrument.item_ids if i not in s.client_ratings]
         if missing:
             raise CareError(f"session={s.session_id} field=client_ratings: items {', '.join(missing)} not rated")
         dims = instrument.dimension_scores(s.client_ratings)
-        per_group.setdefault(_group(s), []).append(sum(dims.values()) / len(dims))
+        per_group.setdefault(group, []).append(sum(dims.values()) / len(dims))
     group_mean = {g: float(np.mean(v)) for g, v in per_group.items()}
     n_groups = len(group_mean)
     # enough groups per bin that every fold can get one of each, at most MAX_BINS bins
     n_bins = max(1, min(MAX_BINS, n_groups // n_folds))
     order = sorted(group_mean, key=lambda g: (group_mean[g], g))
     group_bin = {g: (rank * n_bins) // n_groups for rank, g in enumerate(order)}
-    return np.array([group_bin[_group(s)] for s in sessions])
+    return np.array([group_bin[g] for g in groups])
 
 
 def make_folds(sessions: Iterable[Session], instrument: Instrument, n_folds: int, seed: int) -> list[list[str]]:
@@ -65,7 +72,7 @@ def make_folds(sessions: Iterable[Session], instrument: Instrument, n_folds: int
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         raise CareError(f"duplicate session ids: {', '.join(dupes[:5])}")
-    groups = np.array([_group(s) for s in sessions])
+    groups = np.array(_groups(sessions))
     n_groups = len(set(groups.tolist()))
     if n_groups < n_folds:
         raise CareError(
@@ -98,7 +105,8 @@ def split(folds: list[list[str]], k: int) -> tuple[list[str], list[str]]:
 
 def folds_document(folds: list[list[str]], sessions: Iterable[Session], seed: int) -> dict:
     """`metrics/folds.json`: session ids per fold and how many clients each holds (ids only, no text)."""
-    client = {s.session_id: _group(s) for s in sessions}
+    sessions = list(sessions)
+    client = dict(zip((s.session_id for s in sessions), _groups(sessions)))
     out = []
     for i, fold in enumerate(folds):
         entry: dict = {"fold": i, "n_sessions": len(fold), "sessions": list(fold)}

@@ -8,11 +8,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Mapping
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from care.data.prompt_texts import PromptTexts, builtin_languages, builtin_prompt_texts
 from care.errors import CareError, label
+from care.safe_yaml import load_yaml
 
 BUILTIN = {"wai-sr": "wai-sr.yaml", "esconv-seeker": "esconv-seeker.yaml"}
 DEFAULT_INSTRUMENT = "wai-sr"
@@ -186,14 +186,7 @@ def load_instrument(ref: str | Path | None = None) -> Instrument:
 
 def parse_instrument(text: str, source: str) -> Instrument:
     """An instrument from YAML text (e.g. bytes a caller verified); `source` names it in errors."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise CareError(f"{source}{where}: instrument is not valid YAML") from None
-    except RecursionError:
-        raise CareError(f"{source}: instrument YAML is nested too deeply") from None
+    data = load_yaml(text, source, "instrument")
     if not isinstance(data, dict):
         raise CareError(f"{source}: instrument must be a YAML mapping")
     try:

@@ -43,11 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import yaml
 
 from care.fsutil import atomic_write_bytes
 from care.errors import CareError, InvalidData, Problem, label, sort_problems
 from care.data.ids import SPELLING, normalise_id
+from care.safe_yaml import load_yaml, load_yaml_file
 from care.data.lock import INTAKE_WAIT_S, data_lock
 from care.data.reader import read_jsonl
 from care.data.schema import Session
@@ -115,9 +115,9 @@ def find_tracking(data_dir: str | Path) -> Tracking:
     if not dvc_file.is_file():
         raise CareError(not_tracked)
     try:
-        meta = yaml.safe_load(dvc_file.read_text("utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise CareError(f"{dvc_file}: not a readable .dvc file; nothing changed") from None
+        meta = load_yaml_file(dvc_file, ".dvc file") or {}
+    except CareError as exc:
+        raise CareError(f"{exc}; nothing changed") from None
     outs = meta.get("outs") if isinstance(meta, dict) else None
     paths = [o.get("path") for o in outs or [] if isinstance(o, dict)]
     if paths != [data_dir.name]:
@@ -127,9 +127,9 @@ def find_tracking(data_dir: str | Path) -> Tracking:
 
 def _dvc_md5(dvc_bytes: bytes) -> str | None:
     try:
-        meta = yaml.safe_load(dvc_bytes.decode("utf-8")) or {}
+        meta = load_yaml(dvc_bytes.decode("utf-8"), ".dvc file", ".dvc file") or {}
         return meta["outs"][0].get("md5")
-    except (yaml.YAMLError, UnicodeDecodeError, KeyError, IndexError, TypeError, AttributeError):
+    except (CareError, UnicodeDecodeError, KeyError, IndexError, TypeError, AttributeError):
         return None
 
 

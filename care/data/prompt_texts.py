@@ -13,10 +13,10 @@ import json
 from functools import lru_cache
 from importlib import resources
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from care.errors import CareError
+from care.safe_yaml import load_yaml
 
 PACKAGE = "care.data.prompts"
 
@@ -81,7 +81,7 @@ def builtin_prompt_texts(language: str) -> PromptTexts | None:
     files = resources.files(PACKAGE)
     if not language.isidentifier() or not files.joinpath(name).is_file():
         return None
-    data = yaml.safe_load(files.joinpath(name).read_text("utf-8"))
+    data = load_yaml(files.joinpath(name).read_text("utf-8"), f"<builtin prompts {language}>", "prompt wording")
     try:
         return PromptTexts.model_validate(data)
     except Exception as exc:  # a broken shipped file is a bug, said in one line

@@ -10,6 +10,7 @@ from typing import Collection
 
 from pydantic import ValidationError
 
+from care.data import strict_json
 from care.errors import CareError, Problem, label
 from care.data.schema import Session, Turn
 from care.params import DataLimits
@@ -98,22 +99,6 @@ def _lone_surrogate(obj: object, known: Collection[str] = ()) -> str | None:
         elif isinstance(value, list):
             stack.extend((v, loc + (i,)) for i, v in enumerate(value))
     return None
-
-
-class _DuplicateKey(ValueError):
-    def __init__(self, position: int):
-        super().__init__(position)
-        self.position = position
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    """`json.loads` hook: an object whose key repeats is refused (its 1-based position, never the key's text)."""
-    seen: set[str] = set()
-    for k, (key, _) in enumerate(pairs, start=1):
-        if key in seen:
-            raise _DuplicateKey(k)
-        seen.add(key)
-    return dict(pairs)
 
 
 def read_limited(path: str | Path, limits: DataLimits | None = None) -> bytes:
@@ -209,19 +194,16 @@ def parse_jsonl(raw: bytes, path: str | Path, limits: DataLimits | None = None,
                                                                      line_bytes, "bytes", "max_line_kb"), str(path)))
             continue
         try:
-            obj = json.loads(line, object_pairs_hook=_unique_keys)
-        except _DuplicateKey as exc:
-            out.problems.append(Problem(lineno, "?", "<json>", f"duplicate JSON key (key {exc.position} of an "
-                                        "object repeats an earlier one; which value counts is ambiguous)", str(path)))
+            obj = strict_json.loads(line)
+        except strict_json.JsonProblem as exc:  # NaN, a number too long or too large, a repeated key
+            where = _field_of(exc.loc, exc.data, known_keys) if exc.loc else "<json>"
+            out.problems.append(Problem(lineno, _session_id_of(exc.data), where, exc.message, str(path)))
             continue
         except json.JSONDecodeError as exc:
             out.problems.append(Problem(lineno, "?", "<json>", f"malformed JSON: {exc.msg} (column {exc.colno})", str(path)))
             continue
         except RecursionError:
             out.problems.append(Problem(lineno, "?", "<json>", "JSON nested too deeply", str(path)))
-            continue
-        except ValueError:  # an integer literal over Python's digit limit (sys.get_int_max_str_digits)
-            out.problems.append(Problem(lineno, "?", "<json>", "malformed JSON: number too long", str(path)))
             continue
         bad = _lone_surrogate(obj, known_keys) if "\\u" in line else None
         if bad is not None:

@@ -1,8 +1,11 @@
 """The session report as one self-contained HTML page: inline CSS, SVG and script; no request leaves it.
 
-Every piece of data is escaped (`text`): markup in a transcript is shown as text, and control and bidi
-characters are shown as visible `U+XXXX` marks so they cannot reorder or hide what is around them. Data
-never reaches an attribute but as a number or an escaped id, and never reaches the script. A
+Every piece of data goes through one escaping function (`text`), in text and in attributes alike: markup
+and quotes become entities, and every character that is invisible or reorders its neighbours (controls,
+bidi embeddings, overrides, isolates and marks, zero-width and other default-ignorable characters, Unicode
+tag characters, private use) becomes a visible mark `⟨U+XXXX⟩`, so an id cannot end an attribute, look
+like another id or hide part of itself. Data never reaches an attribute but as a number or through `text`,
+and never reaches the script. A
 Content-Security-Policy meta tag forbids every network request and allows only this page's own style and
 script (by their sha256).
 """
@@ -12,8 +15,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import re
 from typing import Iterable
+
+import regex
 
 from care.data.instrument import Instrument
 from care.data.schema import Session
@@ -23,9 +27,12 @@ NOTICE = ("CONTAINS CLIENT DATA: counseling transcripts and scores of real sessi
           "people allowed to read these sessions only; do not upload, e-mail or publish it.")
 UNCERTAIN_SHARE = 0.2
 
-# C0/C1 controls (but tab, newline, carriage return), bidi embeddings/overrides/isolates/marks, line and
-# paragraph separators, the byte-order mark
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ufeff]")
+# Controls (but tab, newline, carriage return), format characters (bidi embeddings, overrides, isolates and
+# marks, U+200B-U+200D, U+2060, U+FEFF, tags U+E0001-U+E007F...), line and paragraph separators, surrogates,
+# private use, and every default-ignorable code point (Hangul fillers, unassigned tags U+E0000-U+E0FFF...);
+# the emoji presentation selectors U+FE0E/U+FE0F only choose a glyph and stay.
+_HIDDEN = regex.compile(r"[[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}\p{Co}\p{Default_Ignorable_Code_Point}]--[\t\n\r\uFE0E\uFE0F]]",
+                        regex.V1)
 
 _STYLE = """
 :root{--ink:#1d2733;--muted:#5b6776;--line:#d9dee5;--accent:#2f6db5;--warn:#b5542f;--bg:#f6f7f9}
@@ -99,12 +106,14 @@ _SCRIPT = """
 """
 
 
-def text(value: str) -> str:
-    """HTML-escaped text; control and bidi characters become visible `U+XXXX` marks."""
+def text(value: str, attribute: bool = False) -> str:
+    """`value` escaped for HTML text or, with `attribute`, for a quoted attribute value: `<`, `>`, `&` and both
+    quotes as entities, and each hidden character (see `_HIDDEN`) as the visible mark `⟨U+XXXX⟩` (boxed in text)."""
     out, pos = [], 0
-    for m in _CONTROL.finditer(value):
+    for m in _HIDDEN.finditer(value):
         out.append(html.escape(value[pos:m.start()], quote=True))
-        out.append(f'<span class="ctl">U+{ord(m.group()):04X}</span>')
+        mark = f"\u27e8U+{ord(m.group()):04X}\u27e9"
+        out.append(mark if attribute else f'<span class="ctl">{mark}</span>')
         pos = m.end()
     out.append(html.escape(value[pos:], quote=True))
     return "".join(out)
@@ -135,8 +144,9 @@ def bar(value: float | None, interval: tuple[float, float] | None, low: float, h
         return pad + (min(max(v, low), high) - low) / (high - low) * (width - 2 * pad)
 
     label = f"{_num(value)}" + (f", interval {interval[0]:.2f} to {interval[1]:.2f}" if interval else "")
-    parts = [f'<svg width="{width}" height="{h}" viewBox="0 0 {width} {h}" role="img" aria-label="{label}">',
-             f"<title>{label}</title>",
+    parts = [f'<svg width="{width}" height="{h}" viewBox="0 0 {width} {h}" role="img" '
+             f'aria-label="{text(label, attribute=True)}">',
+             f"<title>{text(label)}</title>",
              f'<rect x="{pad}" y="6" width="{width - 2 * pad}" height="4" fill="#e6e9ee"/>']
     if value is not None:
         parts.append(f'<rect x="{pad}" y="4" width="{x(value) - pad:.1f}" height="8" rx="2" fill="#7aa6db"/>')
@@ -156,8 +166,9 @@ _SHADES = ("#d7e3f4", "#b3cbea", "#86acdc", "#5b8ccb", "#2f6db5", "#23528a", "#1
 def distribution_bar(distribution: dict[str, float], points: list[int], width: int = 120) -> str:
     """A small stacked SVG bar of the probability of each scale point (lightest = lowest point)."""
     label = ", ".join(f"{p}: {100 * distribution.get(str(p), 0.0):.0f}%" for p in points)
-    parts = [f'<svg width="{width}" height="12" viewBox="0 0 {width} 12" role="img" aria-label="{label}">',
-             f"<title>{label}</title>"]
+    parts = [f'<svg width="{width}" height="12" viewBox="0 0 {width} 12" role="img" '
+             f'aria-label="{text(label, attribute=True)}">',
+             f"<title>{text(label)}</title>"]
     x = 0.0
     for k, p in enumerate(points):
         w = max(distribution.get(str(p), 0.0), 0.0) * width
@@ -225,7 +236,7 @@ def _overview(data: ReportInput, level: str | None, marks: list[bool], scale: tu
     for i in order:
         r = data.results[i]
         total = overall(r)
-        cells = [f'<td data-v="{text(r.session_id)}"><a href="#s{i}">{text(r.session_id)}</a>'
+        cells = [f'<td data-v="{text(r.session_id, attribute=True)}"><a href="#s{i}">{text(r.session_id)}</a>'
                  + (' <span class="flag" title="among the widest intervals">&#9888; uncertain</span>' if marks[i] else "")
                  + "</td>",
                  f'<td class="num" data-v="{"" if total is None else f"{total:.6f}"}">{_num(total)}</td>']

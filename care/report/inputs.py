@@ -5,13 +5,15 @@ Every problem names the file, line, session id and field, never text of a transc
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Annotated
 
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from care.data import strict_json
 from care.data.instrument import Instrument
 from care.data.reader import read_jsonl
 from care.data.schema import Session
@@ -19,6 +21,20 @@ from care.errors import CareError, InvalidData, Problem, label
 from care.fsutil import read_utf8
 
 Interval = tuple[float, float]
+
+
+def _level(key: str) -> str:
+    """An interval level, e.g. "80": a number in (0, 100). Its text is never shown: a key can hold anything."""
+    try:
+        value = float(key)
+    except ValueError:
+        raise ValueError("an interval level must be a number of percent, e.g. \"80\"") from None
+    if not 0 < value < 100:
+        raise ValueError("an interval level must be a number of percent between 0 and 100")
+    return key
+
+
+Levels = dict[Annotated[str, AfterValidator(_level)], Interval]
 
 
 class _Record(BaseModel):
@@ -35,7 +51,7 @@ class ItemResult(_Record):
     expected: float
     distribution: dict[str, float]
     greedy: int | None = None
-    interval: dict[str, Interval] | None = None
+    interval: Levels | None = None
     rationale: str | None = None
     quotes: list[Quote] | None = None
 
@@ -46,7 +62,7 @@ class SessionResult(_Record):
     session_id: str
     items: dict[str, ItemResult]
     dimensions: dict[str, float | None]
-    interval: dict[str, dict[str, Interval]] | None = None
+    interval: dict[str, Levels] | None = None
     truncated: bool = False
 
 
@@ -59,9 +75,29 @@ class ReportInput:
     instrument: Instrument
 
 
-def _field(loc: tuple) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else ("." if i else "") + label(str(p), 40)
-                   for i, p in enumerate(loc)) or "<line>"
+def _field(loc: tuple, obj: object) -> str:
+    """A pydantic error location as a field path; an interval level (a key of `interval.DIM` or
+    `items.ID.interval`) is named by its position (`level#2`), never by its text."""
+    parts = [p for p in loc if p != "[key]"]
+    out, node = "", obj
+    for i, p in enumerate(parts):
+        if isinstance(p, int):
+            out += f"[{p}]"
+            node = node[p] if isinstance(node, list) and 0 <= p < len(node) else None
+            continue
+        level = (i == 2 and parts[0] == "interval") or (i == 3 and parts[0] == "items" and parts[2] == "interval")
+        position = 1 + list(node).index(p) if isinstance(node, dict) and p in node else 0
+        out += ("." if i else "") + (f"level#{position}" if level else label(str(p), 40))
+        node = node.get(p) if isinstance(node, dict) else None
+    return out or "<line>"
+
+
+_KEYS = {"session_id", "items", "dimensions", "interval", "expected", "distribution", "greedy", "rationale", "quotes",
+         "turn", "start", "end", "truncated"}
+
+
+def _sid(obj: object) -> str:
+    return label(obj["session_id"]) if isinstance(obj, dict) and isinstance(obj.get("session_id"), str) else "?"
 
 
 def read_scores(path: Path) -> list[tuple[int, SessionResult]]:
@@ -72,16 +108,20 @@ def read_scores(path: Path) -> list[tuple[int, SessionResult]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = strict_json.loads(line)
+        except strict_json.JsonProblem as exc:
+            problems.append(Problem(lineno, _sid(exc.data), strict_json.path_label(exc.loc, exc.data, _KEYS),
+                                    exc.message, str(path)))
+            continue
         except (ValueError, RecursionError):
             problems.append(Problem(lineno, "?", "<json>", "malformed JSON", str(path)))
             continue
-        sid = label(obj["session_id"]) if isinstance(obj, dict) and isinstance(obj.get("session_id"), str) else "?"
+        sid = _sid(obj)
         try:
             out.append((lineno, SessionResult.model_validate(obj)))
         except ValidationError as exc:
             for err in exc.errors(include_input=False, include_url=False):
-                problems.append(Problem(lineno, sid, _field(err["loc"]), err["msg"], str(path)))
+                problems.append(Problem(lineno, sid, _field(err["loc"], obj), err["msg"], str(path)))
     if problems:
         raise InvalidData(problems)
     if not out:

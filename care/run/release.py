@@ -14,13 +14,14 @@ from care.params import Params
 from care.release.manifest import MANIFEST, sha256_file
 from care.run.artifacts import ModelDir
 from care.run.data import DataRef
+from care.safe_yaml import load_yaml_file
 
 
 def data_version(data_path: str | Path, sha256: str, dvc_file: str | Path = "data.dvc") -> str:
     """The data's version: DVC's md5 when `data_path` lies in the directory `dvc_file` tracks, else its sha256."""
     path = Path(dvc_file)
     if path.is_file():
-        outs = (yaml.safe_load(path.read_text("utf-8")) or {}).get("outs") or []
+        outs = (load_yaml_file(path, "DVC file") or {}).get("outs") or []
         for out in outs:
             tracked = (path.parent / str(out.get("path", ""))).resolve()
             if out.get("md5") and Path(data_path).resolve().is_relative_to(tracked):

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from care.data import strict_json
 from care.errors import CareError, UsageError
 from care.data.schema import Session, Turn
 
@@ -124,6 +125,20 @@ class ImportResult:
         }
 
 
+# the corpus's own field names: problems show these, any other key by its position
+_FIELDS = {"dialog", "speaker", "content", "text", "survey_score", "seeker", "supporter", "empathy", "relevance",
+           "situation", "emotion_type", "problem_type", "experience_type", "annotation", "strategy", "feedback"}
+
+
+def _located(exc: strict_json.JsonProblem) -> str:
+    """`dialog N field=...: problem` (original format: the array's N-th dialog) or `field=...: problem`."""
+    loc, data = exc.loc, exc.data
+    if loc and isinstance(loc[0], int) and isinstance(data, list):
+        inner = strict_json.path_label(loc[1:], data[loc[0]], _FIELDS)
+        return f"dialog {loc[0] + 1} field={inner}: {exc.message}"
+    return f"field={strict_json.path_label(loc, data, _FIELDS)}: {exc.message}"
+
+
 def _records(path: Path) -> tuple[str, list[Any]]:
     """(format name, records) of one corpus file; CareError for a file that is neither format."""
     from care.data.reader import read_limited
@@ -138,9 +153,13 @@ def _records(path: Path) -> tuple[str, list[Any]]:
     head = text.lstrip()[:1]
     if head == "[":
         try:
-            data = json.loads(text)
+            data = strict_json.loads(text)
+        except strict_json.JsonProblem as exc:
+            raise CareError(f"{path}: {_located(exc)} (original ESConv format)") from None
         except json.JSONDecodeError as exc:
             raise CareError(f"{path}:{exc.lineno}: not valid JSON (original ESConv format)") from None
+        except RecursionError:
+            raise CareError(f"{path}: JSON nested too deeply (original ESConv format)") from None
         if not isinstance(data, list):
             raise CareError(f"{path}: expected a JSON array of dialogs")
         return "original-json", data
@@ -150,8 +169,10 @@ def _records(path: Path) -> tuple[str, list[Any]]:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                records.append(strict_json.loads(line))
+            except strict_json.JsonProblem as exc:
+                raise CareError(f"{path}:{n}: {_located(exc)} (HF ESConv format)") from None
+            except (json.JSONDecodeError, RecursionError):
                 raise CareError(f"{path}:{n}: not valid JSON (HF ESConv format: one object per line)") from None
         return "hf-jsonl", records
     raise CareError(f"{path}: empty or not ESConv (expected a JSON array or one JSON object per line)")

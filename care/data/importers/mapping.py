@@ -11,10 +11,10 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from care.errors import CareError, label
+from care.safe_yaml import load_yaml, read_yaml_bytes
 
 Ref = Field(min_length=1)
 ITEM = "{item}"  # in a ratings pattern: the item id
@@ -123,14 +123,12 @@ def load_mapping(path: str | Path) -> tuple[Mapping, str]:
     path = Path(path)
     if not path.is_file():
         raise CareError(f"{path}: mapping file not found")
-    raw = path.read_bytes()
+    raw = read_yaml_bytes(path, "mapping")
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CareError(f"{path}: mapping file is not UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise CareError(f"{path}{f':{mark.line + 1}' if mark else ''}: mapping is not valid YAML") from None
+    data = load_yaml(text, str(path), "mapping")
     if not isinstance(data, dict):
         raise CareError(f"{path}: mapping must be a YAML mapping (see docs/examples/ja-alliance/mapping.yaml)")
     try:

@@ -10,9 +10,14 @@ Shapes (`format` in the mapping, `care.data.importers.mapping`):
 
 Rules, per session: speaker values map to counselor/client by `speakers` (`ignore`d ones are dropped and
 counted, any other value skips the session); a turn's text is stripped and an empty turn dropped (counted);
-ids that are JSON integers become strings; a rating must be an integer (a JSON integer, or a cell of digits):
+ids and speaker values that are JSON integers become strings (other non-strings, and a context or rationale
+that is not a string, skip the session); a rating must be an integer (a JSON integer, or a cell of digits):
 anything else skips the session, as does a missing client rating (unless `ratings_required: false` and no
-item is rated at all); a later session with an id already imported is skipped. Every session kept is then
+item is rated at all); a later session with an id already imported is skipped. Nothing is guessed: JSON is
+parsed strictly (`care.data.strict_json`: NaN, numbers JSON cannot hold and repeated keys skip their record),
+a reference that names both a dotted key and a nested path, a CSV turn order that is not digits or repeats,
+and a text over `data.limits` (`over_limit`; a CSV cell over max_text_chars too) skip the session; a CSV
+header naming a column twice is refused. Every session kept is then
 checked with the same rules as `care validate` (`care.data.validation`: the instrument's items and scale,
 languages, speakers, turn times...) and skipped, with those problems, when any applies.
 
@@ -33,17 +38,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from care.data import strict_json
 from care.data.importers.mapping import Mapping, instrument_ref, item_fields, load_mapping
 from care.data.instrument import Instrument, load_instrument
 from care.data.schema import Session, Turn
 from care.errors import CareError, label
 from care.fsutil import read_utf8
+from care.params import DataLimits
 
 IMPORTER = "care import table"
 REPORT = "import.json"
 SESSIONS = "sessions.jsonl"
-SKIP_REASONS = ("malformed", "no_session_id", "duplicate_session_id", "unknown_speaker", "not_an_integer",
-                "incomplete_ratings", "invalid")
+SKIP_REASONS = ("malformed", "over_limit", "no_session_id", "duplicate_session_id", "unknown_speaker",
+                "not_an_integer", "incomplete_ratings", "invalid")
 UNMATCHED = "unmatched_rating_rows"  # CSV: ratings rows of no session in the turns file (counted apart)
 _TURN = re.compile(r"turns\[(\d+)\]")
 _INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
@@ -70,22 +77,28 @@ class ImportResult:
 
 
 class _Skip(Exception):
-    def __init__(self, reason: str, fld: str, message: str, source: str | None = None, count: int = 1):
+    def __init__(self, reason: str, fld: str, message: str, source: str | None = None, count: int = 1,
+                 session_id: str = "?"):
         super().__init__(message)
         self.reason, self.field, self.message, self.source, self.count = reason, fld, message, source, count
+        self.session_id = session_id
 
 
 def _get(record: Any, ref: str | None) -> Any:
     """The value at a dotted reference in a JSON object (or a CSV row), None when absent."""
     if ref is None:
         return None
-    if isinstance(record, dict) and ref in record:  # a CSV column or a key that itself holds dots
-        return record[ref]
-    node = record
+    node, found = record, True
     for part in ref.split("."):
         if not isinstance(node, dict) or part not in node:
-            return None
+            node, found = None, False
+            break
         node = node[part]
+    if isinstance(record, dict) and ref in record:  # a CSV column or a key that itself holds dots
+        if found and "." in ref:
+            raise _Skip("malformed", ref, "both a key with this name and a nested path of it: which one is meant "
+                        "is ambiguous")
+        return record[ref]
     return node
 
 
@@ -102,6 +115,13 @@ def _text_value(value: Any, fld: str) -> str | None:
     return str(value).strip()
 
 
+def _text(value: Any, fld: str) -> str | None:
+    """A text field (context): a string, stripped; None when blank; anything else is refused, never converted."""
+    if value is not None and not isinstance(value, str):
+        raise _Skip("malformed", fld, "not a string")
+    return None if _blank(value) else value.strip()
+
+
 def _integer(value: Any, fld: str) -> int | None:
     if _blank(value):
         return None
@@ -115,7 +135,26 @@ def _integer(value: Any, fld: str) -> int | None:
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def _read_json_dir(path: Path) -> Iterator[_Raw | _Skip]:
+def _field_names(m: Mapping) -> set[str]:
+    """The keys the mapping names (each part of a dotted reference): problems may show these, never others."""
+    refs = [m.session.id, m.session.client_id, m.session.counselor_id, m.session.language, m.session.context,
+            m.turns.path, m.turns.speaker, m.turns.text, m.turns.time, m.turns.order]
+    for kind in (m.client_ratings, m.counselor_ratings, m.rationales, m.helper_ratings):
+        refs += list(kind.values()) if isinstance(kind, dict) else [kind]
+    return {part for ref in refs if ref for part in ref.split(".")}
+
+
+def _record(text: str, source: str, known: set[str]) -> _Raw | _Skip:
+    """One JSON record (care.data.strict_json), or the located reason it is skipped."""
+    try:
+        return _Raw(source, strict_json.loads(text), [])
+    except strict_json.JsonProblem as exc:  # NaN, a number too long or too large, a repeated key
+        return _Skip("malformed", strict_json.path_label(exc.loc, exc.data, known), exc.message, source)
+    except (json.JSONDecodeError, RecursionError):
+        return _Skip("malformed", "<json>", "malformed JSON", source)
+
+
+def _read_json_dir(path: Path, known: set[str]) -> Iterator[_Raw | _Skip]:
     if not path.is_dir():
         raise CareError(f"{path}: format json_dir needs a directory of .json files")
     files = sorted(p for p in path.iterdir() if p.suffix == ".json" and p.is_file())
@@ -123,61 +162,79 @@ def _read_json_dir(path: Path) -> Iterator[_Raw | _Skip]:
         raise CareError(f"{path}: no .json files")
     for p in files:
         try:
-            record = json.loads(p.read_bytes().decode("utf-8-sig"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            text = p.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError:
             yield _Skip("malformed", "<json>", "not a UTF-8 JSON file", p.name)
             continue
-        yield _Raw(p.name, record, [])
+        yield _record(text, p.name, known)
 
 
-def _read_jsonl(path: Path) -> Iterator[_Raw | _Skip]:
+def _read_jsonl(path: Path, known: set[str]) -> Iterator[_Raw | _Skip]:
     text = read_utf8(path, "format jsonl needs a file with one JSON object per line")
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a string
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError, ValueError):
-            yield _Skip("malformed", "<json>", "malformed JSON", f"{path.name}:{n}")
-            continue
-        yield _Raw(f"{path.name}:{n}", record, [])
+        if line.strip():
+            yield _record(line, f"{path.name}:{n}", known)
 
 
-def _csv_rows(path: Path, delimiter: str, needed: list[str]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """(header, [(line of the row's start, row)]) of a CSV file; CareError when a needed column is absent."""
+@dataclass
+class _Rows:
+    """A CSV file as read: its header, (line of the row's start, row) per row, and the rows with a cell over
+    data.limits.max_text_chars (line -> (column, length))."""
+
+    header: list[str]
+    rows: list[tuple[int, dict[str, str]]]
+    too_long: dict[int, tuple[str, int]]
+
+
+def _csv_rows(path: Path, delimiter: str, needed: list[str], max_chars: int) -> _Rows:
+    """The rows of a CSV file; CareError when a needed column is absent or a column name repeats. Any field
+    parses (the file is in memory already: csv's default limit of 128 KiB would fail the whole file); a cell
+    over `max_chars` marks its row."""
     text = read_utf8(path, "no such file (named in the mapping's csv section)")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    default = csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     try:
-        header = next(reader)
-    except StopIteration:
-        raise CareError(f"{path}: empty (expected a header row)") from None
-    except csv.Error:
-        raise CareError(f"{path}:1: malformed CSV header") from None
-    missing = [c for c in needed if c not in header]
-    if missing:
-        raise CareError(f"{path}: no column {label(missing[0], 60)!r} (named in the mapping)")
-    rows, start = [], reader.line_num + 1
-    try:
-        for cells in reader:
-            if any(c.strip() for c in cells):
-                if len(cells) != len(header):
-                    raise CareError(f"{path}:{start}: {len(cells)} cells in a row of {len(header)} columns")
-                rows.append((start, dict(zip(header, cells))))
-            start = reader.line_num + 1
-    except csv.Error:
-        raise CareError(f"{path}:{start}: malformed CSV row") from None
-    return header, rows
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise CareError(f"{path}: empty (expected a header row)") from None
+        except csv.Error:
+            raise CareError(f"{path}:1: malformed CSV header") from None
+        twice = next((c for c in header if c.strip() and header.count(c) > 1), None)
+        if twice is not None:
+            raise CareError(f"{path}:1: column {label(twice, 60)!r} appears {header.count(twice)} times in the "
+                            "header; which one counts is ambiguous: rename or remove the others")
+        missing = [c for c in needed if c not in header]
+        if missing:
+            raise CareError(f"{path}: no column {label(missing[0], 60)!r} (named in the mapping)")
+        out, start = _Rows(header, [], {}), reader.line_num + 1
+        try:
+            for cells in reader:
+                if any(c.strip() for c in cells):
+                    if len(cells) != len(header):
+                        raise CareError(f"{path}:{start}: {len(cells)} cells in a row of {len(header)} columns")
+                    out.rows.append((start, dict(zip(header, cells))))
+                    long = next(((h, len(c)) for h, c in zip(header, cells) if len(c) > max_chars), None)
+                    if long:
+                        out.too_long[start] = long
+                start = reader.line_num + 1
+        except csv.Error:
+            raise CareError(f"{path}:{start}: malformed CSV row") from None
+        return out
+    finally:
+        csv.field_size_limit(default)
 
 
-def _read_csv(path: Path, m: Mapping) -> Iterator[_Raw | _Skip]:
+def _read_csv(path: Path, m: Mapping, max_chars: int) -> Iterator[_Raw | _Skip]:
     if not path.is_dir():
         raise CareError(f"{path}: format csv needs a directory holding {m.csv.turns} and {m.csv.ratings}")
     t = m.turns
     turn_cols = [c for c in (m.session.id, t.speaker, t.text, t.time, t.order) if c]
     rating_cols = [*m.client_ratings.values(), *m.counselor_ratings.values(), *m.rationales.values(),
                    *m.helper_ratings.values()]
-    ratings_header, rating_rows = _csv_rows(path / m.csv.ratings, m.csv.delimiter, [m.session.id, *rating_cols])
-    turn_header, turn_rows = _csv_rows(path / m.csv.turns, m.csv.delimiter, turn_cols)
+    rated = _csv_rows(path / m.csv.ratings, m.csv.delimiter, [m.session.id, *rating_cols], max_chars)
+    turned = _csv_rows(path / m.csv.turns, m.csv.delimiter, turn_cols, max_chars)
+    ratings_header, rating_rows, turn_header, turn_rows = rated.header, rated.rows, turned.header, turned.rows
     session_refs = [r for r in (m.session.client_id, m.session.counselor_id, m.session.language, m.session.context) if r]
     absent = [r for r in session_refs if r not in ratings_header and r not in turn_header]
     if absent:
@@ -189,14 +246,21 @@ def _read_csv(path: Path, m: Mapping) -> Iterator[_Raw | _Skip]:
     for line, row in turn_rows:
         by_session.setdefault(row[m.session.id].strip(), []).append((line, row))
     for sid, rows in by_session.items():
-        source = f"{m.csv.turns}:{rows[0][0]}"
+        source, who = f"{m.csv.turns}:{rows[0][0]}", label(sid, 80)
         if not sid:
             yield _Skip("no_session_id", "session_id", "turn rows without a session id", source)
             continue
         found = ratings.get(sid, [])
         if len(found) > 1:
             yield _Skip("malformed", "client_ratings", f"{len(found)} rows in {m.csv.ratings} "
-                        f"(lines {', '.join(str(n) for n, _ in found[:3])})", source)
+                        f"(lines {', '.join(str(n) for n, _ in found[:3])})", source, session_id=who)
+            continue
+        long = [(m.csv.turns, n, turned.too_long[n]) for n, _ in rows if n in turned.too_long]
+        long += [(m.csv.ratings, n, rated.too_long[n]) for n, _ in found if n in rated.too_long]
+        if long:
+            name, line, (column, size) = long[0]
+            yield _Skip("over_limit", label(column, 60), f"{size} characters, over the limit of {max_chars} "
+                        "(data.limits.max_text_chars)", f"{name}:{line}", session_id=who)
             continue
         fields = {m.session.id: sid}
         rating_row = found[0][1] if found else None
@@ -209,16 +273,22 @@ def _read_csv(path: Path, m: Mapping) -> Iterator[_Raw | _Skip]:
                 continue
             values = {row[ref].strip() for _, row in rows}
             if len(values) > 1:
-                yield _Skip("malformed", ref, f"differs between the session's turn rows in {m.csv.turns}", source)
+                yield _Skip("malformed", ref, f"differs between the session's turn rows in {m.csv.turns}", source,
+                            session_id=who)
                 break
             fields[ref] = values.pop()
         else:
             if t.order:
-                try:
-                    rows = sorted(rows, key=lambda r: int(r[1][t.order]))
-                except ValueError:
-                    yield _Skip("malformed", t.order, "turn order is not an integer on every row", source)
+                order = [row[t.order] for _, row in rows]
+                if not all(_INTEGER.fullmatch(v) for v in order):
+                    yield _Skip("malformed", t.order, "turn order is not an integer (digits) on every row", source,
+                                session_id=who)
                     continue
+                if len({int(v) for v in order}) < len(order):
+                    yield _Skip("malformed", t.order, "turn order repeats a number: which turn comes first is "
+                                "ambiguous", source, session_id=who)
+                    continue
+                rows = sorted(rows, key=lambda r: int(r[1][t.order]))
             yield _Raw(source, fields, [(f"{m.csv.turns}:{line}", row) for line, row in rows], rating_row or {})
     seen = set(by_session)
     orphans = [line for line, row in rating_rows if row[m.session.id].strip() not in seen]
@@ -257,8 +327,7 @@ def _session(raw: _Raw, m: Mapping) -> tuple[Session, dict[str, int], list[str]]
     for i, (where, record) in enumerate(turns_in):
         if not isinstance(record, dict):
             raise _Skip("malformed", f"turns[{i}]", "turn is not an object", where)
-        speaker = _get(record, m.turns.speaker)
-        speaker = None if speaker is None else str(speaker).strip()
+        speaker = _text_value(_get(record, m.turns.speaker), f"turns[{i}].speaker")
         if speaker in m.speakers.ignore:
             dropped["ignored_speaker"] += 1
             continue
@@ -279,15 +348,20 @@ def _session(raw: _Raw, m: Mapping) -> tuple[Session, dict[str, int], list[str]]
     if missing and (m.ratings_required or client is not None):
         raise _Skip("incomplete_ratings", f"client_ratings.{label(missing[0], 40)}",
                     f"no client rating ({len(missing)} item(s) missing)")
-    rationales = {item: text.strip() for item, ref in m.rationales.items()
-                  if isinstance(text := _get(record, ref), str) and text.strip()}
+    rationales = {}
+    for item, ref in m.rationales.items():
+        text = _get(record, ref)
+        if text is not None and not isinstance(text, str):
+            raise _Skip("malformed", f"rationales.{label(item, 40)}", "not a string")
+        if text and text.strip():
+            rationales[item] = text.strip()
     language = m.language or _text_value(_get(raw.fields, m.session.language), "language")
     return Session(
         session_id=sid,
         client_id=_text_value(_get(raw.fields, m.session.client_id), "client_id"),
         counselor_id=_text_value(_get(raw.fields, m.session.counselor_id), "counselor_id"),
         language=language or "",
-        context=_text_value(_get(raw.fields, m.session.context), "context"),
+        context=_text(_get(raw.fields, m.session.context), "context"),
         turns=turns,
         client_ratings=client,
         counselor_ratings=_ratings(record, m.counselor_ratings, "counselor_ratings"),
@@ -313,17 +387,24 @@ def _resolved(m: Mapping, instrument: Instrument, where: str) -> Mapping:
     return m.model_copy(update=resolved)
 
 
-def import_table(path: str | Path, mapping_path: str | Path) -> tuple[ImportResult, Mapping, str, Instrument]:
+def _where(fld: str, turn_sources: list[str], source: str) -> str:
+    """Where a problem of a kept session is: a turn's (`turns[i]...`) at that turn's row (CSV), else the record."""
+    turn = _TURN.match(fld)
+    return turn_sources[int(turn.group(1))] if turn and int(turn.group(1)) < len(turn_sources) else source
+
+
+def import_table(path: str | Path, mapping_path: str | Path,
+                 limits: DataLimits | None = None) -> tuple[ImportResult, Mapping, str, Instrument]:
     """Read PATH as the mapping says; returns (result, mapping, mapping sha256, instrument)."""
-    from care.data.reader import ParsedFile
+    from care.data.reader import ParsedFile, size_problems
     from care.data.validation import validate_parsed
 
-    path = Path(path)
+    path, limits = Path(path), limits or DataLimits()
     m, sha = load_mapping(mapping_path)
     instrument = load_instrument(instrument_ref(m, mapping_path))
     m = _resolved(m, instrument, str(mapping_path))
     reader = {"json_dir": _read_json_dir, "jsonl": _read_jsonl}.get(m.format)
-    raws = reader(path) if reader else _read_csv(path, m)
+    raws = reader(path, _field_names(m)) if reader else _read_csv(path, m, limits.max_text_chars)
     skipped = {r: 0 for r in SKIP_REASONS}
     dropped = {"empty_text": 0, "ignored_speaker": 0}
     problems: list[dict[str, str]] = []
@@ -343,14 +424,22 @@ def import_table(path: str | Path, mapping_path: str | Path) -> tuple[ImportResu
             continue
         read += 1
         if isinstance(raw, _Skip):
-            skip(raw, raw.source or "?", "?")
+            skip(raw, raw.source or "?", raw.session_id)
             continue
-        sid = _get(raw.fields, m.session.id)
+        try:
+            sid = _get(raw.fields, m.session.id)
+        except _Skip:
+            sid = None
         sid_label = label(str(sid), 80) if isinstance(sid, (str, int)) and not isinstance(sid, bool) else "?"
         try:
             session, session_dropped, turn_sources = _session(raw, m)
         except _Skip as exc:
             skip(exc, raw.source, sid_label)
+            continue
+        over = size_problems(session.model_dump(), limits, instrument.item_ids)
+        if over:  # the reader's limits (texts, turns, keys), as `care validate` would refuse them
+            skip(_Skip("over_limit", over[0][0], over[0][1], _where(over[0][0], turn_sources, raw.source)),
+                 raw.source, sid_label)
             continue
         if session.session_id in seen:
             skip(_Skip("duplicate_session_id", "session_id", "session id already imported from an earlier record"),
@@ -368,10 +457,9 @@ def import_table(path: str | Path, mapping_path: str | Path) -> tuple[ImportResu
     for n, (source, session, session_dropped, turn_sources) in enumerate(kept, 1):
         if n in invalid:
             skipped["invalid"] += 1
-            for p in invalid[n]:  # a turn's problem points at that turn's row (CSV)
-                turn = _TURN.match(p.field)
-                where = turn_sources[int(turn.group(1))] if turn and int(turn.group(1)) < len(turn_sources) else source
-                problems.append({"source": where, "session_id": p.session_id, "field": p.field, "message": p.message})
+            for p in invalid[n]:
+                problems.append({"source": _where(p.field, turn_sources, source), "session_id": p.session_id,
+                                 "field": p.field, "message": p.message})
         else:
             sessions.append(session)
             for k, v in session_dropped.items():
