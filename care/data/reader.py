@@ -120,7 +120,7 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return dict(pairs)
 
 
-def _open_input(path: Path) -> int:
+def open_input(path: Path) -> int:
     """An fd for reading the regular file `path`; one-line CareErrors for a missing, odd or unreadable one."""
     from care.fsutil import open_regular
 
@@ -141,7 +141,7 @@ def _over_file_limit(path: Path, size: int, limits: DataLimits) -> CareError:
 def read_limited(path: str | Path, limits: DataLimits | None = None) -> bytes:
     """The bytes of a regular file, refused (one line) before reading when it is over data.limits.max_file_mb."""
     path, limits = Path(path), limits or DataLimits()
-    with os.fdopen(_open_input(path), "rb") as fh:
+    with os.fdopen(open_input(path), "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size > limits.file_bytes:
             raise _over_file_limit(path, size, limits)
@@ -251,7 +251,7 @@ class JsonlStream:
         if self._source is not None:
             yield from self._lines(self._source, None)
             return
-        with os.fdopen(_open_input(self.path), "rb") as fh:
+        with os.fdopen(open_input(self.path), "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if size > self.limits.file_bytes:
                 raise _over_file_limit(self.path, size, self.limits)
