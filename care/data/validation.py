@@ -323,11 +323,11 @@ class SessionValidator:
     """
 
     def __init__(self, instrument: Instrument, file: str | Path = "", ratings_required: bool = True,
-                 chunk_rows: int = CHUNK_ROWS):
+                 chunk_rows: int | None = None):
         import great_expectations as gx
 
         _batch_definition("sessions")  # creates the ephemeral context before any suite exists
-        self.file, self.items, self.chunk_rows = str(file), instrument.item_ids, chunk_rows
+        self.file, self.items, self.chunk_rows = str(file), instrument.item_ids, chunk_rows or CHUNK_ROWS
         self.times = TimesTally()
         self.problems: list[Problem] = []
         self._rules: dict[str, list[_Rule]] = {}
