@@ -309,7 +309,7 @@ def _raised(exception_info: Any) -> bool:
     return any(_raised(v) for v in exception_info.values())
 
 
-CHUNK_ROWS = 200_000  # turn, rating and rationale rows validated at a time: memory holds at most this many
+CHUNK_ROWS = 25_000  # turn, rating and rationale rows validated at a time: memory holds at most this many
 
 
 class SessionValidator:
