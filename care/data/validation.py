@@ -457,8 +457,9 @@ def validate_parsed(parsed: ParsedFile, instrument: Instrument, ratings_required
 def validate_stream(stream: JsonlStream, instrument: Instrument, ratings_required: bool = True, *,
                     keep_sessions: bool = False, observe: Callable[[Session], None] | None = None) -> ValidationResult:
     """Read and validate a file one line at a time: memory holds the flat rows of `SessionValidator`, not the
-    sessions (unless `keep_sessions`). `observe` sees each session that parsed, in file order."""
-    validator = SessionValidator(instrument, stream.path, ratings_required)
+    sessions (unless `keep_sessions`). `observe` sees each session that parsed, in file order. Great
+    Expectations starts at the first session that parses: a file refused as a whole never waits for it."""
+    validator: SessionValidator | None = None
     reader_problems: list[Problem] = []
     kept: list[Session] = []
     lines: list[int] = []
@@ -468,6 +469,8 @@ def validate_stream(stream: JsonlStream, instrument: Instrument, ratings_require
             reader_problems += item.problems
             continue
         n_sessions += 1
+        if validator is None:
+            validator = SessionValidator(instrument, stream.path, ratings_required)
         validator.add(item.session, item.line)
         if observe is not None:
             observe(item.session)
@@ -478,11 +481,11 @@ def validate_stream(stream: JsonlStream, instrument: Instrument, ratings_require
         path=stream.path,
         n_lines=stream.n_lines,
         n_sessions=n_sessions,
-        problems=sort_problems(reader_problems + validator.finish()),
+        problems=sort_problems(reader_problems + (validator.finish() if validator else [])),
         sessions=kept,
         lines=lines,
         instrument=instrument.name,
-        timestamps=validator.times.summary(),
+        timestamps=(validator.times if validator else TimesTally()).summary(),
         sha256=stream.sha256,
         n_bytes=stream.n_bytes,
     )
