@@ -6,7 +6,8 @@ them (`pip install --require-hashes`); CI fails when pyproject.toml changed with
     python scripts/lock.py check [cpu|gpu ...]     # exit 1 when a lock was not compiled from today's pyproject.toml
     python scripts/lock.py extraneous cpu|gpu      # installed packages the lock does not list (set-up removes them)
 
-Each lock's first line records the sha256 of what it was compiled from (`inputs_digest`): the project's
+`requirements/pip.lock` pins the installer (PIP below), which set-up installs first. Each lock's first line
+records the sha256 of what it was compiled from (`inputs_digest`): the project's
 dependencies, the extras of that flavor, the Python version and the pins below. `check` needs the standard
 library only, so set-up runs it before anything is installed.
 
@@ -33,6 +34,7 @@ FLAVORS = {
     "cpu": {"extras": ["cpu", "dev"], "overrides": ["torch==2.13.0+cpu"], "local_wheels": True},
     "gpu": {"extras": ["gpu", "dev"], "overrides": [], "local_wheels": False},
 }
+PIP = "pip==26.3"  # requirements/pip.lock: the installer itself, installed first (the venv's own pip is older, slower)
 DIGEST_LINE = re.compile(r"^# inputs-sha256: ([0-9a-f]{64})$")
 
 
@@ -43,6 +45,8 @@ def lock_path(flavor: str) -> Path:
 def inputs_digest(flavor: str, pyproject: Path = ROOT / "pyproject.toml") -> str:
     """sha256 of what `flavor`'s lock is compiled from: the dependencies and extras in pyproject.toml, the
     Python version and the flavor's pins."""
+    if flavor == "pip":
+        return hashlib.sha256(json.dumps({"pip": PIP, "python": PYTHON}).encode("utf-8")).hexdigest()
     project = tomllib.loads(pyproject.read_text("utf-8"))["project"]
     spec = FLAVORS[flavor]
     doc = {
@@ -122,13 +126,18 @@ def _find_links() -> list[str]:
 
 
 def compile_lock(flavor: str) -> None:
-    spec = FLAVORS[flavor]
+    """Write `flavor`'s lock (or, for "pip", the installer's)."""
+    spec = FLAVORS.get(flavor, {"extras": [], "overrides": [], "local_wheels": False})
     LOCK_DIR.mkdir(exist_ok=True)
     out = lock_path(flavor)
     tmp = out.with_suffix(".lock.tmp")
     overrides = LOCK_DIR / f".{flavor}-overrides.txt"
     overrides.write_text("".join(f"{pin}\n" for pin in spec["overrides"]), "utf-8")
-    cmd = [str(_uv()), "pip", "compile", "pyproject.toml", "--generate-hashes", "--python-version", PYTHON,
+    source = "pyproject.toml"
+    if flavor == "pip":
+        source = str(LOCK_DIR / ".pip.in")
+        Path(source).write_text(PIP + "\n", "utf-8")
+    cmd = [str(_uv()), "pip", "compile", source, "--generate-hashes", "--python-version", PYTHON,
            "--python-platform", "x86_64-manylinux_2_28", "--no-config", "--quiet", "-o", str(tmp),
            "--custom-compile-command", f"python scripts/lock.py compile {flavor}", "--override", str(overrides)]
     for extra in spec["extras"]:
@@ -145,6 +154,7 @@ def compile_lock(flavor: str) -> None:
     finally:
         tmp.unlink(missing_ok=True)
         overrides.unlink(missing_ok=True)
+        (LOCK_DIR / ".pip.in").unlink(missing_ok=True)
     print(f"wrote {out.relative_to(ROOT)}")
 
 
@@ -154,10 +164,11 @@ def main(argv: list[str]) -> int:
         return 2
     flavors = argv[1:] or list(FLAVORS)
     if argv[0] == "check":
-        return check(flavors)
+        return check(["pip", *flavors])
     if argv[0] == "extraneous":
         print(" ".join(extraneous(flavors[0])))
         return 0
+    compile_lock("pip")
     for flavor in flavors:
         compile_lock(flavor)
     return 0

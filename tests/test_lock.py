@@ -29,8 +29,9 @@ def lock():
 def test_the_locks_are_compiled_from_todays_pyproject(lock):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "lock.py"), "check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    for flavor in lock.FLAVORS:
+    for flavor in ("pip", *lock.FLAVORS):
         assert lock.recorded_digest(flavor) == lock.inputs_digest(flavor)
+    assert lock.pins("pip") == {"pip": lock.PIP.split("==")[1]}
 
 
 def test_a_changed_dependency_fails_the_check(lock, tmp_path, monkeypatch):
