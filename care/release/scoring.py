@@ -25,6 +25,7 @@ run writes it: a second `care score` to the same `out` is refused.
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import hashlib
 import itertools
@@ -34,7 +35,7 @@ import stat
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, TextIO
+from typing import Any, BinaryIO, Callable, Iterator, TextIO
 
 from care.errors import CareError, InvalidData, UsageError
 from care.fsutil import FILE_MODE, atomic_write_json, check_output_file, refuse_non_regular
@@ -154,7 +155,7 @@ class _Job:
         def parsed() -> Iterator:
             for line in stream:
                 if line.session is None:
-                    raise CareError(f"{self.input_path}:{line.line}: changed after it was validated; nothing written")
+                    raise _InputChanged(f"{self.input_path}:{line.line}: changed after it was validated")
                 yield line.session
 
         return stream, parsed()
@@ -173,7 +174,7 @@ class _Job:
         n = n_resumed
         opts = self.options
         with tqdm.auto.tqdm(total=self.n_sessions, initial=n_resumed, desc="scoring", unit="session",
-                            disable=not opts.progress) as bar:
+                            disable=not opts.progress) as bar, sink.discarded_on(_InputChanged):
             for group in iter_scores(self.pkg.lm, self.pkg.builder, itertools.chain(pending, sessions),
                                      eos_ids=self.pkg.eos_ids, batch_size=opts.batch_size, rationales=opts.rationales,
                                      max_new_tokens=opts.max_new_tokens, grounded_quotes=self.grounded,
@@ -185,17 +186,37 @@ class _Job:
                 truncated += sum(s.truncated for s in group)
                 n += len(group)
                 bar.update(len(group))
-        if stream.sha256 != self.sha256:
-            sink.discard()
-            raise CareError(f"{self.input_path}: changed while it was scored (sha256 differs from what was validated); "
-                            "nothing written")
+            if stream.sha256 != self.sha256:
+                raise _InputChanged(f"{self.input_path}: changed while it was scored (sha256 differs from what was "
+                                    "validated)")
         return ScoreSummary(n, n_resumed, unparsed, truncated, self.calibration is not None, sink.publish())
 
 
-class _StdoutSink:
+class _InputChanged(CareError):
+    """The input's bytes differ from those validated: what was scored from them is dropped."""
+
+
+class _Sink:
+    discarded = "nothing written"
+
+    @contextlib.contextmanager
+    def discarded_on(self, kind: type[Exception]) -> Iterator[None]:
+        """Drop the output when `kind` is raised, and say so in its message."""
+        try:
+            yield
+        except kind as exc:
+            self.discard()
+            raise type(exc)(f"{exc}; {self.discarded}") from None
+
+    def discard(self) -> None:
+        pass
+
+
+class _StdoutSink(_Sink):
     """Lines to a text stream as they are scored; nothing to resume."""
 
     restarted = None
+    discarded = "the lines printed above are not valid scores"
 
     def __init__(self, fh: TextIO):
         self.fh = fh
@@ -207,14 +228,11 @@ class _StdoutSink:
         self.fh.write("".join(line + "\n" for line in lines))
         self.fh.flush()
 
-    def discard(self) -> None:
-        pass
-
     def publish(self) -> None:
         return None
 
 
-class _Partial:
+class _Partial(_Sink):
     """The partial output beside `out` and its state file, locked while this run writes them."""
 
     def __init__(self, out: Path, state: dict[str, Any], group: int, notify: Callable[[str], None]):
