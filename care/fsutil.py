@@ -55,6 +55,40 @@ def refuse_non_regular(path: Path) -> None:
         raise CareError(f"{path}: cannot write: it exists and is {kind}; refusing to replace it with an output file")
 
 
+MIN_ROOM = 1 << 20  # bytes free an output's file system must have before any work starts (a full disk is refused)
+
+
+def free_bytes(directory: str | Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system that holds `directory`."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+def check_output_file(path: str | Path, room: int = MIN_ROOM) -> None:
+    """Refuse, in one line and before any work, an output file that could not be written: `path` is a directory
+    (UsageError), a symbolic link, FIFO, device or socket; its nearest existing parent is not a directory or
+    takes no new file (read-only file system, no permission: tried with a probe file, as root too); or its
+    file system has fewer than `room` bytes free. Writers run it again just before their final write."""
+    from care.errors import UsageError
+
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise UsageError(f"{path}: is a directory, expected a file path")
+    refuse_non_regular(path)
+    parent = path.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+        free = free_bytes(parent)
+    except OSError as exc:
+        raise CareError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})") from None
+    if free < room:
+        raise CareError(f"{path}: cannot write: {free} bytes free on its file system, at least {room} needed")
+
+
 def open_regular(path: str | Path) -> int:
     """An fd for reading `path`, which must be a regular file: a symbolic link at the last component is not
     followed and a FIFO or device never blocks (it is refused after opening, by its fstat)."""

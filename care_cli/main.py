@@ -318,7 +318,8 @@ def models_pull(
 def score(
     input_path: Path = typer.Argument(..., metavar="INPUT.jsonl", help="Sessions to score (annotation format; ratings optional)."),
     model: Path = typer.Option(..., "--model", help="Release package directory (verified against its manifest)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output JSONL (default: stdout); written atomically."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output JSONL (default: stdout); written atomically, "
+                                       "resumable after a kill."),
     rationales: bool = typer.Option(False, "--rationales", help="Also generate a rationale per item (greedy, bounded)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda fails unless ONNX Runtime really uses CUDA)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Item prompts per batch over a shared transcript cache."),
@@ -334,45 +335,24 @@ def score(
 ) -> None:
     """Score sessions with a release package on ONNX Runtime (no PyTorch): one JSON line per session.
 
-    With a calibrated package, each item and dimension gets `interval: {level: [lo, hi]}`."""
-    import json
+    With a calibrated package, each item and dimension gets `interval: {level: [lo, hi]}`. With --out, results
+    stream to a partial file beside it; a rerun after a kill resumes where it stopped."""
+    from care.errors import InvalidData
+    from care.release.scoring import ScoreOptions, score_file
 
-    from care.release.calibration import load_calibration
-    from care.release.onnx_runtime import load_package, result_record, score_sessions
-    from care.data.validation import load_valid_sessions
-
-    if device not in ("cpu", "cuda"):
-        raise CareError(f"--device {device!r}: expected cpu or cuda")
-    from care.errors import InvalidData, UsageError
-
-    if out is not None and out.is_dir():  # refused before any work; other write errors come from care.fsutil
-        raise UsageError(f"--out {out}: is a directory, expected a file path")
-
-    pkg = load_package(model, device=device, trusted_key=trusted_key)
-    calibration = load_calibration(pkg.root, pkg.manifest, pkg.instrument)
-    if grounded_quotes is None:
-        grounded_quotes = bool((pkg.manifest.get("scoring") or {}).get("grounded_quotes", True))
+    options = ScoreOptions(rationales=rationales, device=device, batch_size=batch_size, session_batch=session_batch,
+                           max_new_tokens=max_new_tokens, grounded_quotes=grounded_quotes, trusted_key=trusted_key)
     try:
-        sessions = load_valid_sessions(input_path, instrument=pkg.instrument, ratings_required=False)
+        summary = score_file(input_path, model, out, options, notify=lambda note: typer.echo(note, err=True))
     except InvalidData as exc:
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
         fail(f"{input_path}: {len(exc.problems)} problem(s); nothing scored")
-    scores = score_sessions(pkg, sessions, batch_size=batch_size, rationales=rationales, max_new_tokens=max_new_tokens,
-                            grounded_quotes=grounded_quotes, session_batch=session_batch)
-    lines = [json.dumps(result_record(s, pkg.instrument, rationales, calibration=calibration), ensure_ascii=False)
-             for s in scores]
-    if out is None:
-        sys.stdout.write("".join(line + "\n" for line in lines))
-    else:
-        from care.fsutil import atomic_write_lines
-
-        atomic_write_lines(out, lines)
-    unparsed = sum(1 for s in scores for i in s.items.values() if i.greedy is None)
-    truncated = sum(s.truncated for s in scores)
-    typer.echo(f"scored {len(scores)} session(s); greedy unparsed: {unparsed}; truncated transcripts: {truncated}"
-               + ("" if calibration else "; no intervals (the package has no calibration)")
-               + (f"; wrote {out}" if out else ""), err=True)
+    typer.echo(f"scored {summary.n_sessions} session(s)"
+               + (f" ({summary.n_resumed} kept from the interrupted run)" if summary.n_resumed else "")
+               + f"; greedy unparsed: {summary.unparsed}; truncated transcripts: {summary.truncated}"
+               + ("" if summary.calibrated else "; no intervals (the package has no calibration)")
+               + (f"; wrote {summary.out}" if summary.out else ""), err=True)
 
 
 @app.command()

@@ -65,7 +65,7 @@ def test_lines_texts_turns_and_keys_over_the_limits_are_located_problems(tmp_pat
         return real(s, **k)
 
     monkeypatch.setattr(reader.json, "loads", loads)
-    result = validate_file(path, limits=limits)
+    result = validate_file(path, limits=limits, keep_sessions=True)
     got = {(p.line, p.field, p.message.split(",")[0]) for p in result.problems}
     assert got == {(2, "<line>", f"{len(json.dumps(long_line, ensure_ascii=False).encode())} bytes"),
                    (3, "turns", "51 turns"),

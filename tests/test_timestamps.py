@@ -30,7 +30,7 @@ def test_times_are_kept_checked_and_located(tmp_path):
         _timed("late", ["2024-05-01T23:59:00+00:00", "2024-05-02T01:00:00+01:00", None, None]),  # 60 s later: fine
     ]
     path = write_jsonl_file(tmp_path, rows)
-    result = validate_file(path, report_path=tmp_path / "report.json")
+    result = validate_file(path, report_path=tmp_path / "report.json", keep_sessions=True)
     assert [(p.line, p.session_id, p.field, p.message) for p in result.problems] == [
         (4, "bad", "turns[0].time", "not an ISO 8601 time (e.g. 2024-05-01T14:03:12+09:00)"),
         (4, "bad", "turns[2].time", "earlier than the previous turn's time (times must not go back)"),

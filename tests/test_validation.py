@@ -116,7 +116,7 @@ def test_all_problems_reported_sorted_by_line(tmp_path, write_jsonl, run_cli):
         session_dict(session_id="s5", rationales={"1": ""}, counselor_ratings={"1": 7}),
     ]
     path = write_jsonl(tmp_path, rows)
-    result = validate_file(path)
+    result = validate_file(path, keep_sessions=True)
     assert isinstance(result, ValidationResult)
     assert result.n_lines == 5 and result.n_sessions == 4 and result.lines == [1, 3, 4, 5]
     assert [p.line for p in result.problems] == sorted(p.line for p in result.problems)

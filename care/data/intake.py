@@ -283,7 +283,7 @@ def add_annotations(new_path: str | Path, data_dir: str | Path = "data", instrum
     from care.data.validation import _instrument
 
     instrument = _instrument(instrument)
-    result = validate_file(new_path, instrument=instrument, limits=limits)
+    result = validate_file(new_path, instrument=instrument, limits=limits, keep_sessions=True)
     if result.problems:
         raise InvalidData(result.problems)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Iterable
 
 from care.data.schema import Session
 
@@ -78,19 +78,41 @@ def time_features(session: Session) -> dict[str, float] | None:
     return out
 
 
-def times_summary(sessions: list[Session]) -> dict[str, Any]:
+class TimesTally:
+    """`times_summary` built session by session (a validator that streams a file keeps these numbers, not the
+    sessions)."""
+
+    def __init__(self) -> None:
+        self.sessions_with_times = 0
+        self.turns_with_times = 0
+        self.features: list[dict[str, float]] = []
+
+    def add(self, session: Session) -> None:
+        timed = sum(t.time is not None for t in session.turns)
+        self.sessions_with_times += timed > 0
+        self.turns_with_times += timed
+        features = time_features(session) if timed > 1 else None
+        if features is not None:
+            self.features.append(features)
+
+    def summary(self) -> dict[str, Any]:
+        def median(key: str) -> float | None:
+            values = [f[key] for f in self.features if f.get(key) is not None]
+            return round(statistics.median(values), 1) if values else None
+
+        return {
+            "sessions_with_times": self.sessions_with_times,
+            "turns_with_times": self.turns_with_times,
+            "median_session_minutes": None if median("span_s") is None else round(median("span_s") / 60, 1),
+            "median_client_reply_s": median("client_reply_s"),
+            "median_counselor_reply_s": median("counselor_reply_s"),
+        }
+
+
+def times_summary(sessions: Iterable[Session]) -> dict[str, Any]:
     """Counts and medians over the sessions (numbers only): how many have times, and the medians over sessions
     of `time_features`."""
-    features = [f for f in (time_features(s) for s in sessions) if f is not None]
-
-    def median(key: str) -> float | None:
-        values = [f[key] for f in features if f.get(key) is not None]
-        return round(statistics.median(values), 1) if values else None
-
-    return {
-        "sessions_with_times": sum(any(t.time is not None for t in s.turns) for s in sessions),
-        "turns_with_times": sum(t.time is not None for s in sessions for t in s.turns),
-        "median_session_minutes": None if median("span_s") is None else round(median("span_s") / 60, 1),
-        "median_client_reply_s": median("client_reply_s"),
-        "median_counselor_reply_s": median("counselor_reply_s"),
-    }
+    tally = TimesTally()
+    for session in sessions:
+        tally.add(session)
+    return tally.summary()

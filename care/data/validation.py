@@ -10,7 +10,9 @@ the parsed sessions (structure and types are the reader's job, `care.data.reader
               instrument's items, the rating null where an item was not rated;
 - rationales: the same for rationales, with the LENGTH of the stripped rationale (never the text).
 
-Great Expectations therefore never sees transcript or rationale text. Its results are read only for the
+Files are read as a stream (`validate_file`, `SessionValidator`): each session is flattened into these rows
+as it is read and then dropped, and the per-row tables are validated in chunks, so memory holds rows of small
+fields, never the file's transcripts. Great Expectations therefore never sees transcript or rationale text. Its results are read only for the
 failing rows' `row` index, which this module maps back to file line, session id and field; row values in
 its results are never copied anywhere.
 
@@ -28,9 +30,9 @@ from typing import Any, Callable
 from care.errors import CareError, InvalidData, Problem, label, sort_problems
 from care.data.instrument import Instrument, load_instrument
 from care.data.ids import SPELLING, normalise_id
-from care.data.reader import ParsedFile, key_label, read_jsonl
+from care.data.reader import JsonlStream, ParsedFile, key_label
 from care.data.schema import Session
-from care.data.timestamps import MAX_SESSION_SPAN, times_summary, turn_time_columns
+from care.data.timestamps import MAX_SESSION_SPAN, TimesTally, times_summary, turn_time_columns
 from care.params import DataLimits
 
 SPEAKERS = ("counselor", "client")
@@ -49,9 +51,12 @@ class ValidationResult:
     n_lines: int
     n_sessions: int
     problems: list[Problem]
-    sessions: list[Session] = field(default_factory=list)  # in file order; only meaningful when valid
-    lines: list[int] = field(default_factory=list)  # the 1-based line of each session
+    sessions: list[Session] = field(default_factory=list)  # in file order, when kept; only meaningful when valid
+    lines: list[int] = field(default_factory=list)  # the 1-based line of each kept session
     instrument: str = ""
+    timestamps: dict[str, Any] = field(default_factory=dict)  # times_summary of every session that parsed
+    sha256: str = ""  # of the bytes validated (files read by `validate_file`)
+    n_bytes: int = 0
 
     @property
     def valid(self) -> bool:
@@ -73,7 +78,7 @@ class ValidationResult:
             "n_sessions_with_problems": len({p.line for p in self.problems}),
             "n_problems": len(self.problems),
             "problems_by_field": dict(sorted(by_field.items())),
-            "timestamps": times_summary(self.sessions),
+            "timestamps": self.timestamps,
             "problems": [
                 {"line": p.line, "session_id": p.session_id, "field": p.field, "message": p.message}
                 for p in self.problems
@@ -132,49 +137,44 @@ def _key(key: str, given: dict, items: list[str]) -> str:
     return key_label(key, 1 + list(given).index(key) if key in given else 0, items)
 
 
-def _flatten(parsed: ParsedFile, instrument: Instrument) -> dict[str, _Table]:
-    items = instrument.item_ids
-    sessions = _Table("sessions")
-    turns = _Table("turns")
-    ratings = _Table("ratings")
-    rationales = _Table("rationales")
-    clients = _spellings([s.client_id for s in parsed.sessions])
-    counselors = _spellings([s.counselor_id for s in parsed.sessions])
-    for session, line, client_spellings, counselor_spellings in zip(parsed.sessions, parsed.lines, clients, counselors):
-        sid = label(session.session_id, _ID_CLIP) if session.session_id.strip() else "?"
-        speakers = [t.speaker for t in session.turns]
-        sessions.add(
-            line, sid, "",
-            session_id=session.session_id,
-            session_key=normalise_id(session.session_id),
-            client_id=session.client_id,
-            client_key=None if session.client_id is None else normalise_id(session.client_id),
-            client_spellings=client_spellings,
-            counselor_id=session.counselor_id,
-            counselor_spellings=counselor_spellings,
-            language=session.language,
-            n_turns=len(session.turns),
-            n_counselor_turns=speakers.count("counselor"),
-            n_client_turns=speakers.count("client"),
-            n_client_ratings=None if session.client_ratings is None else len(session.client_ratings),
-        )
-        for i, (turn, times) in enumerate(zip(session.turns, turn_time_columns(session))):
-            turns.add(line, sid, f"turns[{i}]", speaker=turn.speaker, text_len=len(turn.text.strip()), **times)
-        for kind in RATING_KINDS:
-            given = getattr(session, kind)
-            if given is None:
-                continue
-            for key in [*given, *(i for i in items if i not in given)]:
-                value = given.get(key)
-                ratings.add(line, sid, f"{kind}.{_key(key, given, items)}", kind=kind, item=key,
-                            rating=None if value is None else _clamp(value))
-        if session.rationales is not None:
-            given = session.rationales
-            for key in [*given, *(i for i in items if i not in given)]:
-                text = given.get(key)
-                rationales.add(line, sid, f"rationales.{_key(key, given, items)}", item=key,
-                               text_len=None if text is None else len(text.strip()))
-    return {t.name: t for t in (sessions, turns, ratings, rationales)}
+ROW_TABLES = ("turns", "ratings", "rationales")
+
+
+def _add_session(tables: dict[str, _Table], session: Session, line: int, items: list[str]) -> None:
+    """The flat rows of one session: a `sessions` row (its id spellings are counted once the file is read) and
+    its `turns`, `ratings` and `rationales` rows. Lengths of text, never text."""
+    sid = label(session.session_id, _ID_CLIP) if session.session_id.strip() else "?"
+    speakers = [t.speaker for t in session.turns]
+    tables["sessions"].add(
+        line, sid, "",
+        session_id=session.session_id,
+        session_key=normalise_id(session.session_id),
+        client_id=session.client_id,
+        client_key=None if session.client_id is None else normalise_id(session.client_id),
+        counselor_id=session.counselor_id,
+        language=session.language,
+        n_turns=len(session.turns),
+        n_counselor_turns=speakers.count("counselor"),
+        n_client_turns=speakers.count("client"),
+        n_client_ratings=None if session.client_ratings is None else len(session.client_ratings),
+    )
+    turns, ratings, rationales = tables["turns"], tables["ratings"], tables["rationales"]
+    for i, (turn, times) in enumerate(zip(session.turns, turn_time_columns(session))):
+        turns.add(line, sid, f"turns[{i}]", speaker=turn.speaker, text_len=len(turn.text.strip()), **times)
+    for kind in RATING_KINDS:
+        given = getattr(session, kind)
+        if given is None:
+            continue
+        for key in [*given, *(i for i in items if i not in given)]:
+            value = given.get(key)
+            ratings.add(line, sid, f"{kind}.{_key(key, given, items)}", kind=kind, item=key,
+                        rating=None if value is None else _clamp(value))
+    if session.rationales is not None:
+        given = session.rationales
+        for key in [*given, *(i for i in items if i not in given)]:
+            text = given.get(key)
+            rationales.add(line, sid, f"rationales.{_key(key, given, items)}", item=key,
+                           text_len=None if text is None else len(text.strip()))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -309,37 +309,71 @@ def _raised(exception_info: Any) -> bool:
     return any(_raised(v) for v in exception_info.values())
 
 
-def validate_sessions(parsed: ParsedFile, instrument: Instrument, ratings_required: bool = True) -> list[Problem]:
-    """Run the suite over the sessions that parsed; return the rule problems, sorted.
+CHUNK_ROWS = 25_000  # turn, rating and rationale rows validated at a time: memory holds at most this many
 
-    Only the content rules: the reader's structural problems stay in `parsed.problems` (validate_file
-    merges both). With `ratings_required=False` (scoring new transcripts) client ratings may be absent,
-    but when present they must still cover every item on the scale.
+
+class SessionValidator:
+    """The suite over sessions given one at a time (`add`), holding flat rows of small fields, never sessions.
+
+    The per-row tables (turns, ratings, rationales: row-local rules) are validated every CHUNK_ROWS rows and
+    dropped; the sessions table (one row per session: ids, language, counts) is kept to the end, where its
+    rules across sessions (unique session ids, one spelling per client and counselor id) run on all of it.
+    `finish` returns the rule problems, sorted. With `ratings_required=False` (scoring new transcripts) client
+    ratings may be absent, but when present they must still cover every item on the scale.
     """
-    import great_expectations as gx
 
-    _batch_definition("sessions")  # creates the ephemeral context before any suite exists
-    tables = _flatten(parsed, instrument)
-    rules = _rules(instrument, ratings_required)
-    file = str(parsed.path)
-    problems: list[Problem] = []
-    for name, table in tables.items():
-        table_rules = [r for r in rules if r.table == name]
-        if not len(table) or not table_rules:
-            continue
-        suite = gx.ExpectationSuite(name=f"care_{name}")
-        for i, rule in enumerate(table_rules):
-            rule.expectation.meta = {"care_rule": i}
-            suite.add_expectation(rule.expectation)
+    def __init__(self, instrument: Instrument, file: str | Path = "", ratings_required: bool = True,
+                 chunk_rows: int | None = None):
+        import great_expectations as gx
+
+        _batch_definition("sessions")  # creates the ephemeral context before any suite exists
+        self.file, self.items, self.chunk_rows = str(file), instrument.item_ids, chunk_rows or CHUNK_ROWS
+        self.times = TimesTally()
+        self.problems: list[Problem] = []
+        self._rules: dict[str, list[_Rule]] = {}
+        self._suites: dict[str, Any] = {}
+        for rule in _rules(instrument, ratings_required):
+            self._rules.setdefault(rule.table, []).append(rule)
+        for name, rules in self._rules.items():
+            suite = gx.ExpectationSuite(name=f"care_{name}")
+            for i, rule in enumerate(rules):
+                rule.expectation.meta = {"care_rule": i}
+                suite.add_expectation(rule.expectation)
+            self._suites[name] = suite
+        self.tables = {name: _Table(name) for name in ("sessions", *ROW_TABLES)}
+
+    def add(self, session: Session, line: int) -> None:
+        _add_session(self.tables, session, line, self.items)
+        self.times.add(session)
+        for name in ROW_TABLES:
+            if len(self.tables[name]) >= self.chunk_rows:
+                self._run(self.tables[name])
+                self.tables[name] = _Table(name)
+
+    def finish(self) -> list[Problem]:
+        sessions = self.tables["sessions"]
+        if len(sessions):
+            sessions.columns["client_spellings"] = _spellings(sessions.columns["client_id"])
+            sessions.columns["counselor_spellings"] = _spellings(sessions.columns["counselor_id"])
+        for table in self.tables.values():
+            self._run(table)
+        self.tables = {name: _Table(name) for name in self.tables}
+        return sort_problems(self.problems)
+
+    def _run(self, table: _Table) -> None:
+        name = table.name
+        rules = self._rules.get(name)
+        if not len(table) or not rules:
+            return
         batch = _batch_definition(name).get_batch(batch_parameters={"dataframe": _frame(table)})
-        result = batch.validate(suite, result_format={
+        result = batch.validate(self._suites[name], result_format={
             "result_format": "COMPLETE",
             "unexpected_index_column_names": ["row"],
             "return_unexpected_index_query": False,
             "partial_unexpected_count": 0,
         })
         for res in result.results:
-            rule = table_rules[res.expectation_config.meta["care_rule"]]
+            rule = rules[res.expectation_config.meta["care_rule"]]
             if _raised(res.exception_info):
                 raise RuntimeError(f"validation rule {res.expectation_config.type} on {name} failed to run")
             if res.success:
@@ -353,8 +387,18 @@ def validate_sessions(parsed: ParsedFile, instrument: Instrument, ratings_requir
                 line, sid, stem = table.where[row]
                 if groups:
                     message = _id_message(rule.message, table, row, groups)
-                problems.append(Problem(line, sid, rule.field(stem), message, file))
-    return sort_problems(problems)
+                self.problems.append(Problem(line, sid, rule.field(stem), message, self.file))
+
+
+def validate_sessions(parsed: ParsedFile, instrument: Instrument, ratings_required: bool = True) -> list[Problem]:
+    """Run the suite over the sessions that parsed; return the rule problems, sorted.
+
+    Only the content rules: the reader's structural problems stay in `parsed.problems` (validate_parsed
+    merges both)."""
+    validator = SessionValidator(instrument, parsed.path, ratings_required)
+    for session, line in zip(parsed.sessions, parsed.lines):
+        validator.add(session, line)
+    return validator.finish()
 
 
 _ID_MESSAGES = {"duplicate session id": "session", "client id spelling": "client", "counselor id spelling": "counselor"}
@@ -396,7 +440,7 @@ def _instrument(ref: str | Path | Instrument | None) -> Instrument:
 
 
 def validate_parsed(parsed: ParsedFile, instrument: Instrument, ratings_required: bool = True) -> ValidationResult:
-    """Every structural and rule problem of an already parsed file, sorted by line."""
+    """Every structural and rule problem of an already parsed file (sessions in memory), sorted by line."""
     problems = sort_problems(parsed.problems + validate_sessions(parsed, instrument, ratings_required))
     return ValidationResult(
         path=parsed.path,
@@ -406,6 +450,44 @@ def validate_parsed(parsed: ParsedFile, instrument: Instrument, ratings_required
         sessions=parsed.sessions,
         lines=parsed.lines,
         instrument=instrument.name,
+        timestamps=times_summary(parsed.sessions),
+    )
+
+
+def validate_stream(stream: JsonlStream, instrument: Instrument, ratings_required: bool = True, *,
+                    keep_sessions: bool = False, observe: Callable[[Session], None] | None = None) -> ValidationResult:
+    """Read and validate a file one line at a time: memory holds the flat rows of `SessionValidator`, not the
+    sessions (unless `keep_sessions`). `observe` sees each session that parsed, in file order. Great
+    Expectations starts at the first session that parses: a file refused as a whole never waits for it."""
+    validator: SessionValidator | None = None
+    reader_problems: list[Problem] = []
+    kept: list[Session] = []
+    lines: list[int] = []
+    n_sessions = 0
+    for item in stream:
+        if item.session is None:
+            reader_problems += item.problems
+            continue
+        n_sessions += 1
+        if validator is None:
+            validator = SessionValidator(instrument, stream.path, ratings_required)
+        validator.add(item.session, item.line)
+        if observe is not None:
+            observe(item.session)
+        if keep_sessions:
+            kept.append(item.session)
+            lines.append(item.line)
+    return ValidationResult(
+        path=stream.path,
+        n_lines=stream.n_lines,
+        n_sessions=n_sessions,
+        problems=sort_problems(reader_problems + (validator.finish() if validator else [])),
+        sessions=kept,
+        lines=lines,
+        instrument=instrument.name,
+        timestamps=(validator.times if validator else TimesTally()).summary(),
+        sha256=stream.sha256,
+        n_bytes=stream.n_bytes,
     )
 
 
@@ -415,16 +497,22 @@ def validate_file(
     report_path: str | Path | None = None,
     ratings_required: bool = True,
     limits: DataLimits | None = None,
+    *,
+    keep_sessions: bool = False,
+    observe: Callable[[Session], None] | None = None,
+    progress: bool | None = None,
 ) -> ValidationResult:
-    """Read and validate `path`: every structural and rule problem, sorted by line.
+    """Read and validate `path` as a stream: every structural and rule problem, sorted by line.
 
     Raises CareError (one line) for file-level problems: missing, not UTF-8, empty. Writes the JSON
     report (counts and problems only) atomically to `report_path` when given, also (with an "error"
-    entry) before raising a file-level error.
+    entry) before raising a file-level error. The sessions are kept in the result only with `keep_sessions`;
+    `progress` as in `JsonlStream` (None: a bar for long files on a terminal).
     """
     inst = _instrument(instrument)
     try:
-        parsed = read_jsonl(path, limits, inst.item_ids)
+        result = validate_stream(JsonlStream(path, limits, inst.item_ids, progress=progress), inst, ratings_required,
+                                 keep_sessions=keep_sessions, observe=observe)
     except CareError as exc:
         if report_path is not None:  # never leave a stale report from an earlier run behind
             from care.fsutil import atomic_write_json
@@ -432,7 +520,6 @@ def validate_file(
             atomic_write_json(report_path, {"file": str(path), "instrument": inst.name, "valid": False,
                                             "error": str(exc), "n_problems": 1, "problems": []})
         raise
-    result = validate_parsed(parsed, inst, ratings_required)
     if report_path is not None:
         from care.fsutil import atomic_write_json
 
@@ -447,7 +534,8 @@ def load_valid_sessions(
     limits: DataLimits | None = None,
 ) -> list[Session]:
     """The sessions of `path`, in file order; raises InvalidData listing every problem otherwise."""
-    result = validate_file(path, instrument=instrument, ratings_required=ratings_required, limits=limits)
+    result = validate_file(path, instrument=instrument, ratings_required=ratings_required, limits=limits,
+                           keep_sessions=True)
     if result.problems:
         raise InvalidData(result.problems)
     return result.sessions

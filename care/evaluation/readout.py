@@ -24,6 +24,7 @@ Nothing here logs transcript or rationale text; the only text in the results is 
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Iterator, Literal, Protocol
@@ -305,26 +306,37 @@ def score_sessions(backend: Backend, builder: PromptBuilder, sessions: Iterable[
     fallback (0: the answer position only, when only the expected score is read)."""
     from tqdm.auto import tqdm
 
+    sessions = list(sessions)
+    results: list[SessionScore] = []
+    with tqdm(total=len(sessions), desc="scoring", unit="session", disable=not progress) as bar:
+        for group in iter_scores(backend, builder, sessions, eos_ids=eos_ids, batch_size=batch_size,
+                                 rationales=rationales, max_new_tokens=max_new_tokens, shared_cache=shared_cache,
+                                 grounded_quotes=grounded_quotes, session_batch=session_batch):
+            results += group
+            bar.update(len(group))
+    return results
+
+
+def iter_scores(backend: Backend, builder: PromptBuilder, sessions: Iterable[Session], *, eos_ids: Iterable[int],
+                batch_size: int = 16, rationales: bool = False, max_new_tokens: int = 96, shared_cache: bool = True,
+                grounded_quotes: bool = True, session_batch: int = 1) -> Iterator[list[SessionScore]]:
+    """`score_sessions` as a stream: takes `session_batch` sessions at a time from `sessions` (any iterable, read
+    lazily) and yields their scores before reading more, so memory holds one group, whatever the input's size."""
     if batch_size < 1:
         raise CareError(f"batch_size must be at least 1 (got {batch_size})")
     if session_batch < 1:
         raise CareError(f"session_batch must be at least 1 (got {session_batch})")
-    sessions = list(sessions)
     eos = sorted(set(eos_ids))
-    results = []
     group = session_batch if shared_cache else 1
-    with tqdm(total=len(sessions), desc="scoring", unit="session", disable=not progress) as bar:
-        for start in range(0, len(sessions), group):
-            chunk = sessions[start : start + group]
-            encs = [builder.encode(s) for s in chunk]
-            contexts = [_rationale_context(builder, s, grounded_quotes) for s in chunk] if rationales else None
-            if shared_cache:
-                items = _score_shared(backend, builder, encs, eos, batch_size, contexts, max_new_tokens)
-            else:
-                items = [_score_each(backend, builder, encs[0], eos, contexts[0] if contexts else None, max_new_tokens)]
-            results += [_session_score(e, builder.instrument, i) for e, i in zip(encs, items)]
-            bar.update(len(encs))
-    return results
+    it = iter(sessions)
+    while chunk := list(itertools.islice(it, group)):
+        encs = [builder.encode(s) for s in chunk]
+        contexts = [_rationale_context(builder, s, grounded_quotes) for s in chunk] if rationales else None
+        if shared_cache:
+            items = _score_shared(backend, builder, encs, eos, batch_size, contexts, max_new_tokens)
+        else:
+            items = [_score_each(backend, builder, encs[0], eos, contexts[0] if contexts else None, max_new_tokens)]
+        yield [_session_score(e, builder.instrument, i) for e, i in zip(encs, items)]
 
 
 def readout(scores: list[SessionScore], instrument: Instrument, mode: Literal["expected", "greedy"] = "expected"):

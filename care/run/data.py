@@ -55,33 +55,51 @@ def _limited(sessions: list[Session], limit: int | None) -> list[Session]:
 
 
 def validate_data(data: DataParams) -> DataRef:
-    """Validate `data.path` with every rule (Great Expectations) and record what was validated."""
-    from care.data.reader import parse_jsonl, read_limited
-    from care.data.validation import validate_parsed
+    """Validate `data.path` with every rule (Great Expectations), reading it as a stream, and record what was
+    validated: the sha256 and size of the very bytes the rules saw, and counts over the first `data.limit`
+    sessions."""
+    from care.data.validation import validate_file
 
-    path = Path(data.path)
-    raw = read_limited(path, data.limits)  # refused before reading when over data.limits.max_file_mb
     instrument, instrument_sha256 = load_instrument_verified(data.instrument)
-    result = validate_parsed(parse_jsonl(raw, path, data.limits, instrument.item_ids), instrument)
+    counts = _Counts(data.limit)
+    result = validate_file(data.path, instrument, limits=data.limits, observe=counts.add)
     if result.problems:
         from care.errors import InvalidData
 
         raise InvalidData(result.problems)
-    sessions = _limited(result.sessions, data.limit)
     return DataRef(
-        path=str(path),
-        sha256=hashlib.sha256(raw).hexdigest(),
+        path=str(Path(data.path)),
+        sha256=result.sha256,
         limit=data.limit,
         instrument=data.instrument,
         instrument_sha256=instrument_sha256,
-        n_bytes=len(raw),
+        n_bytes=result.n_bytes,
         prompts_sha256=instrument.prompts_digest(),
-        n_sessions=len(sessions),
-        n_clients=len({s.client_id for s in sessions}),
-        n_with_counselor_ratings=sum(s.counselor_ratings is not None for s in sessions),
-        n_with_rationales=sum(bool(s.rationales) for s in sessions),
-        languages=sorted({s.language for s in sessions}),
+        n_sessions=counts.n_sessions,
+        n_clients=len(counts.clients),
+        n_with_counselor_ratings=counts.n_with_counselor_ratings,
+        n_with_rationales=counts.n_with_rationales,
+        languages=sorted(counts.languages),
     )
+
+
+class _Counts:
+    """What a DataRef counts, over the first `limit` sessions (all when None), one session at a time."""
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.n_sessions = self.n_with_counselor_ratings = self.n_with_rationales = 0
+        self.clients: set[str | None] = set()
+        self.languages: set[str] = set()
+
+    def add(self, session: Session) -> None:
+        if self.limit is not None and self.n_sessions >= self.limit:
+            return
+        self.n_sessions += 1
+        self.clients.add(session.client_id)
+        self.n_with_counselor_ratings += session.counselor_ratings is not None
+        self.n_with_rationales += bool(session.rationales)
+        self.languages.add(session.language)
 
 
 def load_data(ref: DataRef) -> tuple[list[Session], Instrument]:
