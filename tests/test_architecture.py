@@ -73,7 +73,7 @@ CARE_LAYERS = {  # care's sub-packages -> the sub-packages they may import (the 
     "run": {"data", "model", "evaluation", "release"},
     "report": {"data"},
 }
-CORE = {"errors", "fsutil", "params", "cache"}
+CORE = {"errors", "fsutil", "params", "cache", "safe_yaml"}
 
 
 def test_care_sub_packages_follow_the_data_path():

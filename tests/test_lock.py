@@ -36,8 +36,8 @@ def test_the_locks_are_compiled_from_todays_pyproject(lock):
 
 def test_a_changed_dependency_fails_the_check(lock, tmp_path, monkeypatch):
     text = (ROOT / "pyproject.toml").read_text("utf-8")
-    for old, new in (('"peft==0.21.2"', '"peft==0.21.3"'), ('gpu = ["onnxruntime-gpu==1.31.1"]',
-                                                             'gpu = ["onnxruntime-gpu==1.31.2"]')):
+    for old, new in (('"peft==0.21.2"', '"peft==0.21.3"'), ('"onnxruntime-gpu==1.31.1"',
+                                                             '"onnxruntime-gpu==1.31.2"')):
         assert old in text
         changed = tmp_path / "pyproject.toml"
         changed.write_text(text.replace(old, new), "utf-8")
