@@ -36,6 +36,11 @@ class DataRef(BaseModel):
     n_with_counselor_ratings: int
     n_with_rationales: int
     languages: list[str]
+    # provenance of the validated bytes (care.run.provenance): the data's version (DVC md5 only when the bytes
+    # match the tracking .dvc file, else sha256:...), whether they differ from that file, what it records
+    version: str | None = None
+    dirty: bool | None = None
+    dvc_md5: str | None = None
 
 
 class DataChanged(CareError):
@@ -50,24 +55,35 @@ def _read(path: Path, at_most: int) -> bytes:
         raise CareError(f"{path}: cannot read the data ({type(exc).__name__})") from None
 
 
-def _limited(sessions: list[Session], limit: int | None) -> list[Session]:
+def read_parsed(data: DataParams):
+    """(raw bytes, parsed JSONL, instrument, instrument sha256) of `data.path`: size limits first, then the schema
+    (no Great Expectations yet). What `validate_data` and the run's preflight (`care.run.preflight`) read."""
+    from care.data.reader import parse_jsonl, read_limited
+
+    path = Path(data.path)
+    raw = read_limited(path, data.limits)  # refused before reading when over data.limits.max_file_mb
+    instrument, instrument_sha256 = load_instrument_verified(data.instrument)
+    return raw, parse_jsonl(raw, path, data.limits, instrument.item_ids), instrument, instrument_sha256
+
+
+def limited(sessions: list[Session], limit: int | None) -> list[Session]:
+    """The sessions a run uses: the first `data.limit` (all when None)."""
     return sessions if limit is None else sessions[:limit]
 
 
 def validate_data(data: DataParams) -> DataRef:
     """Validate `data.path` with every rule (Great Expectations) and record what was validated."""
-    from care.data.reader import parse_jsonl, read_limited
     from care.data.validation import validate_parsed
+    from care.run.provenance import data_provenance
 
     path = Path(data.path)
-    raw = read_limited(path, data.limits)  # refused before reading when over data.limits.max_file_mb
-    instrument, instrument_sha256 = load_instrument_verified(data.instrument)
-    result = validate_parsed(parse_jsonl(raw, path, data.limits, instrument.item_ids), instrument)
+    raw, parsed, instrument, instrument_sha256 = read_parsed(data)
+    result = validate_parsed(parsed, instrument)
     if result.problems:
         from care.errors import InvalidData
 
         raise InvalidData(result.problems)
-    sessions = _limited(result.sessions, data.limit)
+    sessions = limited(result.sessions, data.limit)
     return DataRef(
         path=str(path),
         sha256=hashlib.sha256(raw).hexdigest(),
@@ -81,6 +97,7 @@ def validate_data(data: DataParams) -> DataRef:
         n_with_counselor_ratings=sum(s.counselor_ratings is not None for s in sessions),
         n_with_rationales=sum(bool(s.rationales) for s in sessions),
         languages=sorted({s.language for s in sessions}),
+        **data_provenance(path, raw),
     )
 
 
@@ -102,7 +119,7 @@ def load_data(ref: DataRef) -> tuple[list[Session], Instrument]:
     parsed = parse_jsonl(raw, path)
     if parsed.problems:  # same bytes as validated: cannot happen unless the schema code changed mid-run
         raise DataChanged(f"{path}: no longer parses as it did at validation; start a new run")
-    return _limited(parsed.sessions, ref.limit), instrument
+    return limited(parsed.sessions, ref.limit), instrument
 
 
 def split(sessions: list[Session], folds_doc: dict | None, k: int | None) -> tuple[list[Session], list[Session]]:
