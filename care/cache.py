@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from care.errors import CareError
-from care.fsutil import DIR_MODE, FILE_MODE, cannot_write
+from care.fsutil import cannot_write, staged_dir, write_then_place
 
 _PACKAGE = "care"
 
@@ -48,22 +48,8 @@ def new_entry(path: str | Path, complete: Callable[[Path], bool] = os.path.isdir
     content). An incomplete leftover at `path` (`complete(path)` false: left by an older version of this tool
     that wrote entries in place) is moved aside and removed first. An OSError becomes one line naming `path`.
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        os.chmod(tmp, DIR_MODE)
-    except OSError as exc:
-        raise cannot_write(path, exc) from None
-    try:
+    with staged_dir(path, lambda tmp, target: _publish(tmp, target, complete)) as tmp:
         yield tmp
-        _publish(tmp, path, complete)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise cannot_write(path, exc) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _publish(tmp: Path, path: Path, complete: Callable[[Path], bool]) -> None:
@@ -87,30 +73,21 @@ def publish_file(path: str | Path, data: bytes) -> Path:
     """Publish the cache file `path` once: written to a private temporary sibling, fsynced, then hard-linked
     into place; a file another writer published first is kept. (Where hard links are unsupported it is
     renamed over: a reader that opened the old file keeps reading it whole.)"""
-    path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, FILE_MODE)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                    raise
-                os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        return write_then_place(path, data, _link_once)
     except OSError as exc:
         raise cannot_write(path, exc) from None
-    return path
+
+
+def _link_once(tmp: str, path: Path) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another writer published it first: theirs stays
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        os.replace(tmp, path)
 
 
 def digest(obj: Any) -> str:

@@ -140,6 +140,15 @@ def read_utf8(path: str | Path, missing: str) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes, mode: int, tmp_prefix: str | None) -> Path:
+    return write_then_place(path, data, os.replace, mode, tmp_prefix)
+
+
+def write_then_place(path: str | Path, data: bytes, place: Callable[[str, Path], None], mode: int = FILE_MODE,
+                     tmp_prefix: str | None = None) -> Path:
+    """Write `data` to a temporary sibling of `path` (fsynced, `mode`), then `place(tmp, path)` puts it there
+    (`os.replace`; `care.cache.publish_file`: a hard link that keeps an existing file). The temporary file is
+    gone afterwards, whatever happened; an OSError propagates (callers turn it into `cannot_write`)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=tmp_prefix or f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -148,11 +157,10 @@ def _atomic_write_bytes(path: Path, data: bytes, mode: int, tmp_prefix: str | No
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
+        place(tmp, path)
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
     return path
 
 
@@ -176,6 +184,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     it is theirs to replace). An OSError, in the block or in the rename, becomes `cannot_write`'s one line; the
     temporary sibling is removed and `path` is left as it was.
     """
+    with staged_dir(path, _replace_dir) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | Path, place: Callable[[Path, Path], None]) -> Iterator[Path]:
+    """Yield a new private (0700) temporary sibling of `path`; when the block succeeds, `place(tmp, path)` puts it
+    in place (`atomic_dir`: replace; `care.cache.new_entry`: publish once). On any failure the sibling is removed,
+    and an OSError becomes `cannot_write`'s one line naming `path`."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +201,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise cannot_write(path, exc) from None
     try:
         yield tmp
-        _replace_dir(tmp, path)
+        place(tmp, path)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise cannot_write(path, exc) from None

@@ -11,26 +11,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from conftest import UNWRITABLE, needs_sysfs
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)  # a hang guard: each refusal takes seconds
-
-UNWRITABLE = Path("/sys/kernel")  # a directory nobody can create entries in, root included (sysfs)
-
-
-def _refuses_entries(directory: Path) -> bool:
-    try:
-        os.rmdir(tempfile.mkdtemp(dir=directory))
-        return False
-    except OSError:
-        return True
-
-
-needs_sysfs = pytest.mark.skipif(not _refuses_entries(UNWRITABLE), reason="needs a directory that refuses new entries")
 
 
 def _train(run_cli, tmp_path, *sets: str, release: bool = True):

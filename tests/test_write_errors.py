@@ -11,28 +11,16 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from care.errors import CareError
 from care.fsutil import atomic_dir, atomic_write_bytes
+from conftest import UNWRITABLE, needs_sysfs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "docs" / "examples" / "ja-alliance"
-UNWRITABLE = Path("/sys/kernel")
-
-
-def _refuses_entries(directory: Path) -> bool:
-    try:
-        os.rmdir(tempfile.mkdtemp(dir=directory))
-        return False
-    except OSError:
-        return True
-
-
-needs_sysfs = pytest.mark.skipif(not _refuses_entries(UNWRITABLE), reason="needs a directory that refuses new entries")
 
 
 def _full(*args, **kwargs):
