@@ -7,19 +7,30 @@ inside functions) and hashes every file it reaches, so no list of files is kept 
 
 The cache only saves time. Steps hand models to each other through ZenML's artifact store (see
 `steps/materializers.py`); a step with an empty cache gets the same result by rebuilding or downloading.
+
+Several runs may share one cache at once (two `care train` with other outputs, the steps of one run).
+An entry is therefore published once: built in a private temporary sibling and renamed into place
+(`new_entry`, `publish_file`). When another writer published the same key first, its entry is kept and
+ours discarded: an entry is never replaced or deleted, so a reader holding it is never disturbed. The
+cache may be deleted as a whole while no run is going.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from care.errors import CareError
+from care.fsutil import cannot_write, staged_dir, write_then_place
 
 _PACKAGE = "care"
 
@@ -27,6 +38,56 @@ _PACKAGE = "care"
 def cache_root() -> Path:
     """`$CARE_CACHE_DIR`, else `.care/cache` under the current directory."""
     return Path(os.environ.get("CARE_CACHE_DIR") or Path.cwd() / ".care" / "cache").resolve()
+
+
+@contextlib.contextmanager
+def new_entry(path: str | Path, complete: Callable[[Path], bool] = os.path.isdir) -> Iterator[Path]:
+    """Build the cache entry `path` in a private temporary sibling (0700) and publish it once, by a rename.
+
+    If another writer published `path` first, its entry is kept and ours discarded (same key, same
+    content). An incomplete leftover at `path` (`complete(path)` false: left by an older version of this tool
+    that wrote entries in place) is moved aside and removed first. An OSError becomes one line naming `path`.
+    """
+    with staged_dir(path, lambda tmp, target: _publish(tmp, target, complete)) as tmp:
+        yield tmp
+
+
+def _publish(tmp: Path, path: Path, complete: Callable[[Path], bool]) -> None:
+    for _ in range(2):
+        try:
+            os.rename(tmp, path)  # fails on a non-empty directory: never replaces a published entry
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        if complete(path):  # another writer published it first: theirs stays, ours goes
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        stale = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".stale", dir=path.parent))
+        os.replace(path, stale / "entry")  # an incomplete leftover: nobody reads it (readers check completeness)
+        shutil.rmtree(stale, ignore_errors=True)
+    raise OSError(errno.EEXIST, "an incomplete entry keeps reappearing", str(path))
+
+
+def publish_file(path: str | Path, data: bytes) -> Path:
+    """Publish the cache file `path` once: written to a private temporary sibling, fsynced, then hard-linked
+    into place; a file another writer published first is kept. (Where hard links are unsupported it is
+    renamed over: a reader that opened the old file keeps reading it whole.)"""
+    try:
+        return write_then_place(path, data, _link_once)
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
+
+
+def _link_once(tmp: str, path: Path) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another writer published it first: theirs stays
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        os.replace(tmp, path)
 
 
 def digest(obj: Any) -> str:

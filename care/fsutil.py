@@ -7,11 +7,15 @@ other users of the machine (transcripts and models are sensitive).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -37,7 +41,31 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int = FILE_MODE, tmp
     try:
         return _atomic_write_bytes(path, data, mode, tmp_prefix)
     except OSError as exc:
-        raise CareError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})") from None
+        raise cannot_write(path, exc) from None
+
+
+def cannot_write(path: str | Path, exc: OSError) -> CareError:
+    """The one-line error of every writer whose write to `path` failed: the reason (no permission, read-only
+    or full file system, ...) and, when the error concerned another file (a temporary sibling, a source being
+    copied), that file's path. Never the data being written."""
+    reason = exc.strerror or type(exc).__name__
+    other = exc.filename if exc.filename not in (None, str(path), path) else None
+    return CareError(f"{path}: cannot write ({reason}{f': {other}' if other else ''})")
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse, before any work, an output path this process could not create: a temporary entry must be
+    creatable (and removable) in the nearest existing directory above it, which is what the atomic writers do
+    later. Catches a read-only directory or file system, a missing permission and a parent that is a file, also
+    for root (an actual create, not `os.access`); raises the writers' own error (`cannot_write`)."""
+    path = Path(path).absolute()
+    parent = path.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".probe", dir=parent))
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
 
 
 def refuse_non_regular(path: Path) -> None:
@@ -146,6 +174,15 @@ def read_utf8(path: str | Path, missing: str) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes, mode: int, tmp_prefix: str | None) -> Path:
+    return write_then_place(path, data, os.replace, mode, tmp_prefix)
+
+
+def write_then_place(path: str | Path, data: bytes, place: Callable[[str, Path], None], mode: int = FILE_MODE,
+                     tmp_prefix: str | None = None) -> Path:
+    """Write `data` to a temporary sibling of `path` (fsynced, `mode`), then `place(tmp, path)` puts it there
+    (`os.replace`; `care.cache.publish_file`: a hard link that keeps an existing file). The temporary file is
+    gone afterwards, whatever happened; an OSError propagates (callers turn it into `cannot_write`)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=tmp_prefix or f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -154,11 +191,10 @@ def _atomic_write_bytes(path: Path, data: bytes, mode: int, tmp_prefix: str | No
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
+        place(tmp, path)
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
     return path
 
 
@@ -178,20 +214,98 @@ def atomic_write_lines(path: str | Path, lines: list[str]) -> Path:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a directory at a temporary sibling and move it to `path` only when the block succeeds.
 
-    An existing directory at `path` is replaced only after the new one is complete.
+    An existing directory at `path` is replaced only after the new one is complete (callers check first that
+    it is theirs to replace). An OSError, in the block or in the rename, becomes `cannot_write`'s one line; the
+    temporary sibling is removed and `path` is left as it was.
     """
+    with staged_dir(path, _replace_dir) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | Path, place: Callable[[Path, Path], None]) -> Iterator[Path]:
+    """Yield a new private (0700) temporary sibling of `path`; when the block succeeds, `place(tmp, path)` puts it
+    in place (`atomic_dir`: replace; `care.cache.new_entry`: publish once). On any failure the sibling is removed,
+    and an OSError becomes `cannot_write`'s one line naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        place(tmp, path)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise cannot_write(path, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    old = None
+    if os.path.lexists(path):
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        if old is not None:
+            os.replace(old, path)  # put the old one back: `path` never goes missing
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ locks
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 4096).decode("utf-8") or "{}")
+        return (f"`{info['command']}` (pid {int(info['pid'])} on {info['host']}, since {info['since']})"
+                if info else "another process")
+    except (ValueError, KeyError, TypeError, OSError):
+        return "another process"
+
+
+def _lock_record(fd: int, command: str) -> None:
+    info = {"command": command, "pid": os.getpid(), "host": socket.gethostname(),
+            "since": datetime.now().isoformat(timespec="seconds")}
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, command: str, *, exclusive: bool, wait_s: float,
+              refusal: Callable[[str], str]) -> Iterator[Path]:
+    """Hold `fcntl.flock` on the lock file `path` (exclusive or shared), waiting up to `wait_s` seconds.
+
+    The operating system releases it when the holder exits, even on SIGKILL. The file records who took it
+    last (command, pid, host, time); when the lock is not free in time, CareError(`refusal(holder)`) is raised,
+    `holder` naming that process (and how long this one waited)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
+                    raise CareError(refusal(_lock_holder(fd) + waited)) from None
+                time.sleep(0.2)
+        _lock_record(fd, command)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock

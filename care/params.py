@@ -9,7 +9,7 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from care.errors import UsageError, label
 from care.safe_yaml import load_yaml, load_yaml_file
@@ -19,6 +19,9 @@ Count = Annotated[int, Field(ge=1)]  # sizes, steps, batches: at least 1
 Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
 Share = Annotated[float, Field(ge=0, le=1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what numpy, torch and scikit-learn all accept
+# a registry name: no path separators, spaces or control characters (it names directories and tags)
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
 
 
 class _Section(BaseModel):
@@ -88,7 +91,7 @@ class BaseBuildParams(_Section):
     weight_decay: NonNegative = 0.01
     eval_every: Count = 200  # steps between held-out loss evaluations (the loss curve)
     checkpoint_every: Count = 400  # steps between resumable checkpoints
-    seed: int = 7
+    seed: Seed = 7
     corpus: BaseCorpusParams = BaseCorpusParams()
 
 
@@ -127,7 +130,8 @@ class LoraParams(_Section):
     r: Count = 16
     alpha: Count = 32
     dropout: Annotated[float, Field(ge=0, lt=1)] | Auto = "auto"  # auto: tiny 0.05, real presets 0
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    target_modules: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class TrainParams(_Section):
@@ -166,15 +170,15 @@ class TrainParams(_Section):
     # weight of the score digit (the first target token) against each rationale token in the loss; 1 is
     # plain token-mean cross-entropy (the paper); with score_only targets it weighs the digit against EOS.
     score_weight: Positive = 30.0
-    seed: int = 123
+    seed: Seed = 123
     # processes that share each fine-tune (DDP under `accelerate launch`: one per GPU; gloo on CPU). A step
     # holds the same micro-batches whatever the count (rounded up to a multiple of it), split over them.
     num_processes: Count = 1
 
 
 class CvParams(_Section):
-    folds: int = Field(5, ge=2)
-    seed: int = 123
+    folds: int = Field(5, ge=2)  # at most the number of clients: checked against the data before a run
+    seed: Seed = 123
 
 
 class WarningParams(_Section):
@@ -206,10 +210,11 @@ class EvalParams(_Section):
 
 class GateParams(_Section):
     """Release gate on the cross-validated means (see care.evaluation.gate). Keys are dimensions; "*" applies to
-    every dimension in cv_detail.json not named explicitly. A named dimension missing from it fails."""
+    every dimension in cv_detail.json not named explicitly. A bar no model can pass (a Pearson above 1, an MSE
+    below 0) is refused here; names the instrument or the run lacks, before the run (care.evaluation.gate)."""
 
-    min_pearson: dict[str, float] = {"*": 0.3}
-    max_mse: dict[str, float] = {"*": 1.0}
+    min_pearson: dict[str, Annotated[float, Field(le=1)]] = {"*": 0.3}
+    max_mse: dict[str, NonNegative] = {"*": 1.0}
     beat_on_pearson: list[str] = ["counselor"]  # model mean pearson > baseline mean pearson, per dimension
     beat_on_mse: list[str] = ["train_mean"]  # model mean mse < baseline mean mse, per dimension
 
@@ -227,7 +232,7 @@ class ReleaseParams(_Section):
 
 
 class RegistryParams(_Section):
-    model_name: str = "care-alliance"
+    model_name: ModelName = "care-alliance"
     stage_on_pass: Literal["staging", "none"] = "staging"
 
 
@@ -298,6 +303,15 @@ class Params(_Recipe):
         if sections:
             dump = {k: dump[k] for k in sections}
         return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()
+
+
+def checked_model_name(name: str) -> str:
+    """A registry model name given on the command line (`--model-name`), under registry.model_name's rule."""
+    try:
+        return TypeAdapter(ModelName).validate_python(name)
+    except ValidationError:
+        raise UsageError(f"--model-name {label(name)}: not a registry name (a letter or digit, then letters, digits, "
+                         "'.', '_' or '-'; at most 100; no spaces, path separators or control characters)") from None
 
 
 def _apply_override(tree: dict[str, Any], assignment: str) -> None:

@@ -38,7 +38,8 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def handles_errors(fn: Callable) -> Callable:
-    """Turn CareError into its message on stderr and its exit code (1 bad input, 2 usage)."""
+    """Turn CareError into its message on stderr and its exit code (1 bad input, 2 usage); an OSError that no
+    writer turned into a CareError still ends as one line naming its path and reason, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -51,6 +52,9 @@ def handles_errors(fn: Callable) -> Callable:
             fail(f"error: {exc}", exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except OSError as exc:
+            where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None) or "?"
+            fail(f"error: {where}: {exc.strerror or type(exc).__name__}")
 
     return wrapper
 
@@ -220,9 +224,9 @@ _PARAMS_OPT = typer.Option(Path("params.yaml"), "--params", help="Params file gi
 def _registry(params: Path, model_name: Optional[str]):
     """(zenml_registry.client module, model name); the ZenML import happens here, not at CLI start-up."""
     os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "WARN")
-    from care.params import load_params
+    from care.params import checked_model_name, load_params
 
-    name = model_name or load_params(params).registry.model_name
+    name = checked_model_name(model_name) if model_name is not None else load_params(params).registry.model_name
     from zenml_registry import client as registry
 
     return registry, name
@@ -246,7 +250,8 @@ def models_list(
         typer.echo(json.dumps(rows, indent=2))
     else:
         cols = ["version", "stage", "created", "gate_passed", "key_metrics", "data_version"]
-        cells = [[("-" if r.get(c) is None else str(r[c])) for c in cols] for r in rows]
+        cells = [[("-" if r.get(c) is None else str(r[c]) + (" (dirty)" if c == "data_version" and r.get("data_dirty")
+                                                             else "")) for c in cols] for r in rows]
         widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
         typer.echo(f"model {name}: {len(rows)} version(s)")
         typer.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
@@ -389,21 +394,23 @@ def train(
     release: bool = typer.Option(True, "--release/--no-release", help="After the gate: final fit, ONNX release, registration."),
     metrics_dir: Path = typer.Option(Path("metrics"), "--metrics-dir"),
     plots_dir: Path = typer.Option(Path("plots"), "--plots-dir"),
+    wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for another run writing the same metrics, "
+                                                          "plots or release; refused at once by default."),
 ) -> None:
     """Run the pipeline: validate, cross-validate, gate, then release and register (ZenML)."""
     from care.params import load_params
     from care.run.outputs import Outputs
+    from care.run.preflight import preflight
 
     params = load_params(params_file, overrides or [])
-    if release:  # refused before ZenML or any training starts
-        from care.release.signing import configured_key
-        from care.run.outputs import check_release_out
+    outputs = Outputs.at(metrics_dir, plots_dir)
+    preflight(params, outputs, release)  # params against the data, outputs, keys: before ZenML is even imported
+    from zenml_registry.client import check_store
 
-        check_release_out(params.release.out)
-        configured_key()  # CARE_SIGNING_KEY, when set, must name a key file
+    check_store()  # answers, and a fresh local store is set up by one process at a time (importing steps uses it)
     from pipelines.training import run_training
 
-    result = run_training(params, Outputs.at(metrics_dir, plots_dir), release=release)
+    result = run_training(params, outputs, release=release, wait_s=wait, checked=True)
     if result["interrupted"]:
         fail(f"pipeline run {result['run']} interrupted: no further step ran; finished folds are cached, "
              "rerun to resume", 130)
@@ -426,6 +433,8 @@ def train(
     if result["status"] != "completed":
         fail(f"pipeline run {result['run']} {result['status']}: failed step(s) {', '.join(result['failed_steps']) or '?'}"
              f" ({result['error']}); see the ZenML logs of the run")
+    if result["replaced"]:
+        typer.echo(f"release.out held a changed earlier release: moved to {result['replaced']}", err=True)
     reg = result["registration"]
     if reg:
         typer.echo(f"registered {reg['model']} version {reg['version']}" + (f" in {reg['stage']}" if reg["stage"] else ""))

@@ -1,10 +1,11 @@
 """The CARE pipeline: validate -> folds -> base -> per fold (fine-tune, score, metrics) -> aggregate -> gate
-[-> final fit -> release package (merge, ONNX export, parity) -> register and stage].
+[-> final fit -> release package (merge, ONNX export, parity) -> register].
 
 Params are parsed once (`care.params.load_params`); each step receives the typed sections it uses. Steps
 hand each other JSON, the validated data's reference (`DataRef`) and model directories through the
 artifact store, never a local path: each step could run on its own machine. `run_training` then writes
-the files a person reads (metrics, plots, `release/`) from the run's artifacts.
+the files a person reads (metrics, plots, `release/`) from the run's own artifacts, installs the release
+and only then stages the registered version (undone together when either fails).
 """
 
 from __future__ import annotations
@@ -80,40 +81,55 @@ def _output(run, step: str, name: str):
     return run.steps[step].outputs[name][0].load()
 
 
-def run_training(params: Params, outputs, release: bool = True) -> dict:
+def run_training(params: Params, outputs, release: bool = True, wait_s: float = 0.0, checked: bool = False) -> dict:
     """Run the pipeline with a ZenML Model (numbered versions), then write its files from the artifacts.
 
+    Before any work: the preflight (`care.run.preflight`: params against the data, output paths, keys) and the
+    ZenML store (`zenml_registry.client.check_store`); `checked`: the caller ran both already. One run at a time
+    writes a set of outputs (`care.run.outputs.outputs_lock`: a second is refused naming the first, or waits up
+    to `wait_s` s); the data is held shared against intake. Everything read back is this run's own (its unique
+    run name), never the pipeline's newest run.
+
     Returns {"run", "status", "failed_steps", "gate" (gate.json contents or None), "registration", "error",
-    "interrupted" (Ctrl-C or SIGTERM), "warnings" (care.evaluation.diagnostics)}. A failed step (the final fit
-    refuses a failed gate) is reported through the status, never swallowed.
+    "interrupted" (Ctrl-C or SIGTERM), "warnings" (care.evaluation.diagnostics), "replaced" (where an earlier,
+    changed release was moved, or None)}. A failed step (the final fit refuses a failed gate) is reported through
+    the status, never swallowed.
     """
     from care.data.lock import RUN_WAIT_S, data_lock
     from care.run import outputs as files
+    from care.run.preflight import preflight
+    from zenml_registry.client import check_store
 
-    files.check_outputs(outputs)
-    if release:
-        files.check_release_out(params.release.out)
-    # intake (`care annotations add`) waits or is refused until the run is over: folds see one version of the data
-    with data_lock(params.data.path, "care train", exclusive=False, wait_s=RUN_WAIT_S):
-        return _run_locked(params, outputs, release, files)
+    if not checked:
+        preflight(params, outputs, release)
+        check_store()
+    with files.outputs_lock(outputs, params.release.out if release else None, "care train", wait_s):
+        files.check_outputs(outputs)  # again: another run may have written them while this one waited
+        if release:
+            files.check_release_out(params.release.out)
+        # intake (`care annotations add`) waits or is refused until the run is over: folds see one version of the data
+        with data_lock(params.data.path, "care train", exclusive=False, wait_s=RUN_WAIT_S):
+            return _run_locked(params, outputs, release, files)
 
 
 def _run_locked(params: Params, outputs, release: bool, files) -> dict:
+    import uuid
+    from datetime import datetime
     from pathlib import Path
 
     from zenml.client import Client
 
     for stale in ("gate.json", "cv.json", "cv_detail.json"):
         (Path(outputs.metrics) / stale).unlink(missing_ok=True)
-    configured = care_pipeline.with_options(run_name="care-{date}-{time}")
+    name = f"care-{datetime.now():%Y_%m_%d-%H_%M_%S}-{uuid.uuid4().hex[:8]}"  # this run's own, looked up by it
     error = None
     try:
         with stop_on_signals():
-            configured(params=params, release=release)
+            care_pipeline.with_options(run_name=name)(params=params, release=release)
     except (Exception, KeyboardInterrupt) as exc:  # the run's status and gate document say what failed
         error = exc
     try:
-        run = Client().get_pipeline("care_pipeline").last_run
+        run = Client().get_pipeline_run(name, allow_name_prefix_match=False)
     except KeyError:
         if error is not None:
             raise error
@@ -128,9 +144,10 @@ def _run_locked(params: Params, outputs, release: bool, files) -> dict:
         if gate is not None:
             files.write_gate(outputs, detail, gate)
     registration = _output(run, "register_release", "registration")
+    replaced = None
     if registration is not None:
         package = _output(run, "build_release", "release_package")
-        files.install_release(package.path, params.release.out)
+        registration, replaced = _install_and_stage(package.path, registration, params, files)
     return {
         "run": run.name,
         "status": run.status.value,
@@ -140,4 +157,33 @@ def _run_locked(params: Params, outputs, release: bool, files) -> dict:
         "error": type(error).__name__ if error else None,
         "interrupted": isinstance(error, KeyboardInterrupt),
         "warnings": (detail or {}).get("warnings", []),
+        "replaced": replaced,
     }
+
+
+def _install_and_stage(package: str, registration: dict, params: Params, files) -> tuple[dict, str | None]:
+    """Install the release, then stage the version (registry.stage_on_pass) while the install can still be undone.
+
+    A version is kept in the registry only with its release installed: when the install or the staging fails,
+    the previous release is put back and the version, registered by the pipeline but never staged, is deleted.
+    """
+    from care.errors import CareError
+    from zenml_registry.client import promote_on_pass, retract_version
+
+    model, version = registration["model"], registration["version"]
+    try:
+        with files.installing_release(package, params.release.out) as installed:
+            stage = promote_on_pass(version, model, params.registry.stage_on_pass)
+    except BaseException as exc:
+        try:
+            retracted = retract_version(version, model)
+        except Exception:  # noqa: BLE001 - the registry itself failed; say so instead of hiding the first error
+            retracted = False
+        note = (f"version {version} of {model} was removed from the registry" if retracted else
+                f"version {version} of {model} stays registered without its release: check `care models list`")
+        if isinstance(exc, CareError):
+            err = CareError(f"{exc}; {note}")
+            err.exit_code = exc.exit_code
+            raise err from None
+        raise
+    return {**registration, "stage": stage}, installed["replaced"]

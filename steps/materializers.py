@@ -3,7 +3,7 @@
 A `care.run.artifacts.ModelDir` is saved as its files (safetensors, ONNX, tokenizer, JSON: never a
 pickle) under the artifact's URI plus `model_dir.json` (its key and file list). Loading copies the files
 into a local directory first: under `.care/cache/artifacts/` keyed by the artifact URI (artifacts are
-immutable, so a second load reuses the copy), or, when `CARE_STEP_SCRATCH` is set, into a fresh directory
+immutable, so a second load reuses the copy; the copy is published once, `care.cache.new_entry`), or, when `CARE_STEP_SCRATCH` is set, into a fresh directory
 there (each step as its own pod would see it). A ModelDir that does not travel (a real preset's hub id or
 local path) stores only its reference.
 """
@@ -23,9 +23,8 @@ from zenml.enums import ArtifactType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from care.cache import cache_root
+from care.cache import cache_root, new_entry
 from care.errors import CareError
-from care.fsutil import atomic_dir
 from care.run.artifacts import ModelDir
 
 INDEX = "model_dir.json"
@@ -78,7 +77,7 @@ class ModelDirMaterializer(BaseMaterializer):
             return ModelDir(index["reference"], key=index["key"], travels=False)
         target = local_copy_dir(self.uri)
         if not target.is_dir():
-            with atomic_dir(target) as tmp:
+            with new_entry(target) as tmp:
                 for rel in index["files"]:
                     if rel.startswith("/") or ".." in rel.split("/"):
                         raise CareError(f"artifact {self.uri}: unsafe file name in its index")

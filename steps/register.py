@@ -1,4 +1,5 @@
-"""Step: register the release package as this run's model version and stage it when the gate passed."""
+"""Step: register the release package as this run's model version. The driver stages it once its release is
+installed (`pipelines.training.run_training`), so a staged version always has its release where the run said."""
 
 from typing import Annotated
 
@@ -6,12 +7,11 @@ from zenml import step
 
 from care.params import RegistryParams
 from care.run.artifacts import ModelDir
-from zenml_registry.client import promote_on_pass, register_package
+from zenml_registry.client import register_package
 
 
 @step(enable_cache=False)
 def register_release(package: ModelDir, gate: dict, registry: RegistryParams) -> Annotated[dict, "registration"]:
-    """Uses the pipeline's Model(name=registry.model_name) version; returns {model, version, stage} (JSON)."""
+    """Uses the pipeline's Model(name=registry.model_name) version; returns {model, version, stage: None} (JSON)."""
     version = register_package(package.path, registry.model_name, {"gate": gate})
-    stage = promote_on_pass(version, registry.model_name, registry.stage_on_pass)
-    return {"model": registry.model_name, "version": version, "stage": stage}
+    return {"model": registry.model_name, "version": version, "stage": None}

@@ -10,6 +10,7 @@ import copy
 import json
 import os
 import random
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -22,6 +23,19 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 WAI_ITEMS = [str(i) for i in range(1, 13)]
+
+UNWRITABLE = Path("/sys/kernel")  # a directory nobody can create entries in, root included (sysfs)
+
+
+def _refuses_entries(directory: Path) -> bool:
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=directory))
+        return False
+    except OSError:
+        return True
+
+
+needs_sysfs = pytest.mark.skipif(not _refuses_entries(UNWRITABLE), reason="needs a directory that refuses new entries")
 
 _BASE_SESSION: dict[str, Any] = {
     "session_id": "s0001",

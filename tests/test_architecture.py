@@ -12,7 +12,7 @@ ALLOWED = {  # package -> the project packages it may import
     "care": set(),
     "zenml_registry": {"care"},
     "steps": {"care", "zenml_registry"},
-    "pipelines": {"care", "steps"},
+    "pipelines": {"care", "steps", "zenml_registry"},
     "care_cli": {"care", "pipelines", "zenml_registry"},
 }
 

@@ -328,7 +328,8 @@ def test_a_run_waits_for_intake_then_refuses_naming_it(repo, run_cli, tmp_path, 
     intake = _holder(repo / "data", "care annotations add", "exclusive", 120)
     try:
         result = run_cli("train", "--params", "params.ci.yaml", "--no-release", "--set",
-                         f"data.path={repo / 'data' / 'sessions.jsonl'}", "--metrics-dir", tmp_path / "m")
+                         f"data.path={repo / 'data' / 'sessions.jsonl'}", "--metrics-dir", tmp_path / "m",
+                         "--plots-dir", tmp_path / "p")
     finally:
         intake.kill()
         intake.wait()

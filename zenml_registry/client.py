@@ -169,6 +169,29 @@ def _version_label(mv) -> str:
     return str(mv.number)
 
 
+def check_store() -> None:
+    """Refuse, before any work, a ZenML store that does not answer or a local artifact store that cannot be
+    written (one line). The first use of a fresh local store creates its database: processes starting together
+    (two `care train`) take turns through a lock file in ZenML's config directory, or ZenML's own set-up fails."""
+    from zenml.utils.io_utils import get_global_config_directory
+
+    from care.fsutil import check_writable, file_lock
+
+    lock = Path(get_global_config_directory()) / ".care-store-setup.lock"
+    with file_lock(lock, "care (ZenML store set-up)", exclusive=True, wait_s=LOCK_WAIT_S,
+                   refusal=lambda holder: f"the ZenML store is being set up by {holder}; try again"):
+        try:
+            client = Client()
+            client.active_stack_model  # a round trip to the store
+            _ensure_source_root()
+            store = client.active_stack.artifact_store.path
+        except Exception as exc:  # noqa: BLE001 - any failure here means the store cannot be used
+            raise CareError(f"the ZenML store cannot be reached or opened ({type(exc).__name__}); nothing started: "
+                            "check `zenml status`, ZENML_STORE_URL and ZENML_CONFIG_PATH") from None
+    if "://" not in store:
+        check_writable(Path(store) / PACKAGES_DIR)
+
+
 # ----------------------------------------------------------------------------------------- register
 
 
@@ -384,6 +407,21 @@ def promote(version: str | int, stage: str, model_name: str, force: bool = False
     return decision
 
 
+def retract_version(version: str | int, model_name: str) -> bool:
+    """Delete a registered version that holds no stage (its release could not be installed): the registry then
+    holds only versions whose release is where the run said. Returns False (and keeps it) when it holds a stage
+    or is gone already; its package stays in the artifact store (shared by content, maybe with other versions)."""
+    client = Client()
+    try:
+        mv = _resolve_version(client, model_name, version=version)
+    except CareError:
+        return False
+    if _stage_of(mv) not in (None, "archived"):
+        return False
+    client.delete_model_version(mv.id)
+    return True
+
+
 def promote_on_pass(version: str | int, model_name: str, stage: str) -> str | None:
     """Move a version whose gate passed to `stage` (default staging); return the stage, or None when not moved."""
     if stage == "none":
@@ -408,6 +446,7 @@ def _summary(mv) -> dict[str, Any]:
         "gate_passed": meta.get("gate_passed"),
         "key_metrics": key_metrics(meta),
         "data_version": meta.get("data_version"),
+        "data_dirty": meta.get("data_dirty"),
         "package_sha256": meta.get("package_sha256"),
     }
 

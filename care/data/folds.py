@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from care.errors import CareError
+from care.errors import CareError, UsageError
 from care.data.ids import normalise_id, readable_id
 from care.data.instrument import Instrument
 from care.data.schema import Session
@@ -57,6 +57,19 @@ def _strata(sessions: list[Session], instrument: Instrument, n_folds: int) -> np
     return np.array([group_bin[g] for g in groups])
 
 
+def check_fold_count(n_folds: int, sessions: list[Session]) -> None:
+    """Refuse (usage error, exit 2) a fold count the data cannot fill: fewer than 2, or more than its clients
+    (all sessions of a client stay in one fold). A run checks it before any work (`care.run.preflight`)."""
+    if n_folds < 2:
+        raise UsageError(f"cv.folds={n_folds}: need at least 2 folds")
+    n_groups = len(set(_groups(sessions)))
+    if n_groups < n_folds:
+        raise UsageError(
+            f"cv.folds={n_folds} but the data has only {n_groups} client(s) ({len(sessions)} sessions): "
+            "all sessions of a client stay in one fold, so use fewer folds or more clients"
+        )
+
+
 def make_folds(sessions: Iterable[Session], instrument: Instrument, n_folds: int, seed: int) -> list[list[str]]:
     """Split sessions into `n_folds` client-grouped, score-stratified folds of session ids.
 
@@ -66,19 +79,12 @@ def make_folds(sessions: Iterable[Session], instrument: Instrument, n_folds: int
     from sklearn.model_selection import StratifiedGroupKFold
 
     sessions = sorted(sessions, key=lambda s: s.session_id)
-    if n_folds < 2:
-        raise CareError(f"cv.folds={n_folds}: need at least 2 folds")
+    check_fold_count(n_folds, sessions)
     ids = [s.session_id for s in sessions]
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         raise CareError(f"duplicate session ids: {', '.join(dupes[:5])}")
     groups = np.array(_groups(sessions))
-    n_groups = len(set(groups.tolist()))
-    if n_groups < n_folds:
-        raise CareError(
-            f"cv.folds={n_folds} but the data has only {n_groups} client(s) ({len(sessions)} sessions): "
-            "all sessions of a client stay in one fold, so use fewer folds or more clients"
-        )
     strata = _strata(sessions, instrument, n_folds)
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds: list[list[str]] = []

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from care.errors import CareError
+from care.errors import CareError, UsageError
 from care.data.instrument import Instrument
 from care.evaluation.metrics import evaluate
 from care.data.schema import Session
@@ -57,16 +57,27 @@ def _dimensions(target: str | Sequence[str]) -> list[str]:
     return [target] if isinstance(target, str) else list(target)
 
 
+def check_helper_map(mapping: Mapping[str, str | Sequence[str]], instrument: Instrument) -> None:
+    """Refuse (usage error) an `eval.helper_proxy` mapping onto dimensions the instrument does not have."""
+    unknown = sorted({d for t in mapping.values() for d in _dimensions(t) if d not in instrument.dimensions})
+    if unknown:
+        raise UsageError(
+            f"eval.helper_proxy: dimension(s) {', '.join(unknown)} not in instrument {instrument.name} "
+            f"(dimensions: {', '.join(instrument.dimensions)})"
+        )
+
+
+def computed_baselines(helper_map: Mapping | None, text: bool, zero_shot: bool) -> list[str]:
+    """The baselines a run computes on every fold: what a gate may compare against."""
+    return ["counselor", "train_mean"] + (["helper_proxy"] if helper_map else []) + (["tfidf"] if text else []) \
+        + (["zero_shot"] if zero_shot else [])
+
+
 def helper_proxy_predictions(
     sessions: Iterable[Session], instrument: Instrument, mapping: Mapping[str, str | Sequence[str]]
 ) -> dict[str, dict[str, float]]:
     """Predict each mapped dimension's items from ``helper_ratings[helper_item]`` (see module doc)."""
-    unknown = sorted({d for t in mapping.values() for d in _dimensions(t) if d not in instrument.dimensions})
-    if unknown:
-        raise CareError(
-            f"helper_proxy mapping: dimension(s) {', '.join(unknown)} not in instrument {instrument.name} "
-            f"(dimensions: {', '.join(instrument.dimensions)})"
-        )
+    check_helper_map(mapping, instrument)
     out: dict[str, dict[str, float]] = {}
     for s in sessions:
         if not s.helper_ratings:

@@ -7,8 +7,9 @@ Checks, per dimension of ``cv["mean"]`` (plus any dimension named explicitly in 
 A missing or null value (model or baseline) fails its check: nothing passes silently. One exception: a
 baseline that exists in the run but has no value for a dimension because the data cannot give one (no
 counselor ratings, no helper ratings: n = 0 in ``baselines_n``) is not applied to that dimension, and the
-gate document lists it under ``not_applied`` with the reason. A baseline the run did not compute at all
-(switched off, misspelt) still fails. ``loosened`` lists where the gate is weaker than the defaults, so a
+gate document lists it under ``not_applied`` with the reason. A baseline the run does not compute at all
+(switched off, misspelt) or a dimension the instrument lacks is refused before the run
+(``check_gate_names``); here it would still fail. ``loosened`` lists where the gate is weaker than the defaults, so a
 loosened gate is visible in the document.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from care.errors import CareError
+from care.errors import CareError, UsageError, label
 from care.params import GateParams
 
 WILDCARD = "*"
@@ -75,6 +76,23 @@ def _absent(cv: Mapping, name: str, dim: str) -> bool:
     """The run computed baseline `name` but the data gives it no value for `dim` (n = 0)."""
     n = _get(cv, "baselines_n", name, dim)
     return name in (cv.get("baselines") or {}) and n == 0
+
+
+def check_gate_names(gate: GateParams, dimensions: list[str], baselines: list[str]) -> None:
+    """Refuse (usage error, exit 2) a gate that can never pass because it names a dimension the instrument does
+    not have or a baseline the run does not compute (`care.evaluation.baselines.computed_baselines`). Checked
+    before any work (`care.run.preflight`); the numeric bounds (min_pearson <= 1, max_mse >= 0) are checked when
+    the params load (`care.params.GateParams`)."""
+    for field in ("min_pearson", "max_mse"):
+        unknown = [d for d in getattr(gate, field) if d != WILDCARD and d not in dimensions]
+        if unknown:
+            raise UsageError(f"gate.{field}: {', '.join(label(d) for d in unknown)} not a dimension of the instrument "
+                             f"({', '.join(dimensions)}; {WILDCARD} for every dimension)")
+    for field in ("beat_on_pearson", "beat_on_mse"):
+        unknown = [b for b in getattr(gate, field) if b not in baselines]
+        if unknown:
+            raise UsageError(f"gate.{field}: {', '.join(label(b) for b in unknown)} not a baseline this run computes "
+                             f"({', '.join(baselines)}; see eval.text_baseline, eval.zero_shot, eval.helper_proxy)")
 
 
 def loosened(gate: GateParams) -> list[str]:

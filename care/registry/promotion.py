@@ -22,8 +22,10 @@ STAGES = ("staging", "production", "archived")
 PROMOTABLE_STAGES = ("staging", "production")
 
 # Top-level string ids copied into the registry (each must look like an id, never free text).
-ID_KEYS = ("data_version", "git_commit", "params_digest", "base_model", "instrument", "preset", "finetune",
-           "targets", "readout", "created", "care_version", "format")
+ID_KEYS = ("data_version", "data_dvc_md5", "git_commit", "params_digest", "base_model", "instrument", "preset",
+           "finetune", "targets", "readout", "created", "care_version", "format")
+# Top-level booleans copied as they are (data_dirty: the data trained on differs from its DVC record).
+FLAG_KEYS = ("data_dirty",)
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+=\-]{0,255}$")
 _CV_KEYS = ("cv", "metrics", "cv_metrics")
 HIGHER_IS_BETTER = ("pearson",)
@@ -93,8 +95,9 @@ def _gate_checks(checks: Any) -> Any:
 def registry_metadata(manifest: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Registry metadata from a release manifest (plus `extra`, same rules): numbers and ids only.
 
-    Output keys (all optional but ``gate_passed``): the ids in ID_KEYS; ``cv`` = {"mean": {dim: {pearson,
-    spearman, mse}}, "std": {...}, "n_folds", ...} (numbers only); ``baselines`` (numbers only);
+    Output keys (all optional but ``gate_passed``): the ids in ID_KEYS; the booleans in FLAG_KEYS; ``cv`` =
+    {"mean": {dim: {pearson, spearman, mse}}, "std": {...}, "n_folds", ...} (numbers only); ``baselines``
+    (numbers only);
     ``gate_passed`` (bool; False when the manifest carries no verdict); ``gate_checks`` = {check: {passed,
     value, threshold}}.
     """
@@ -108,6 +111,7 @@ def registry_metadata(manifest: dict[str, Any], extra: dict[str, Any] | None = N
             v = _id_value(key, src[key])
             if v is not None:
                 out[key] = v
+    out.update({key: src[key] for key in FLAG_KEYS if isinstance(src.get(key), bool)})
     cv = next((src[k] for k in _CV_KEYS if isinstance(src.get(k), dict)), {})
     cv = {k: v for k, v in cv.items() if k != "baselines"}
     for key in ("mean", "std"):

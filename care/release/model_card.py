@@ -132,6 +132,12 @@ def _data_lines(metadata: Mapping[str, Any], cv: Mapping[str, Any]) -> list[str]
     sha = metadata.get("data_sha256")
     lines = [f"- Data: {metadata.get('data_path', 'n/a')} (sha256 {sha[:16] + '...' if sha else 'n/a'}), "
              f"{metadata.get('n_sessions', 'n/a')} sessions; data version {metadata.get('data_version', 'n/a')}"]
+    if metadata.get("data_dirty") is True:
+        lines.append(f"- **Data not as recorded**: the bytes trained on differ from what DVC records for them (md5 "
+                     f"{metadata.get('data_dvc_md5') or 'n/a'}): unrecorded changes or an interrupted intake. The data "
+                     "version above is their own sha256; `dvc add` would record them.")
+    elif metadata.get("data_dirty") is False:
+        lines.append("- The data matches its DVC record (md5 recomputed from the bytes trained on).")
     t = cv.get("transcripts") or {}
     if t:
         lines.append(f"- Transcripts cut to fit the context: {t.get('truncated')} of {t.get('sessions')} "

@@ -36,6 +36,11 @@ class DataRef(BaseModel):
     n_with_counselor_ratings: int
     n_with_rationales: int
     languages: list[str]
+    # provenance of the validated bytes (care.run.provenance): the data's version (DVC md5 only when the bytes
+    # match the tracking .dvc file, else sha256:...), whether they differ from that file, what it records
+    version: str | None = None
+    dirty: bool | None = None
+    dvc_md5: str | None = None
 
 
 class DataChanged(CareError):
@@ -50,7 +55,19 @@ def _read(path: Path, at_most: int) -> bytes:
         raise CareError(f"{path}: cannot read the data ({type(exc).__name__})") from None
 
 
-def _limited(sessions: list[Session], limit: int | None) -> list[Session]:
+def read_parsed(data: DataParams):
+    """(raw bytes, parsed JSONL, instrument, instrument sha256) of `data.path`: size limits first, then the schema
+    (no Great Expectations yet). What `validate_data` and the run's preflight (`care.run.preflight`) read."""
+    from care.data.reader import parse_jsonl, read_limited
+
+    path = Path(data.path)
+    raw = read_limited(path, data.limits)  # refused before reading when over data.limits.max_file_mb
+    instrument, instrument_sha256 = load_instrument_verified(data.instrument)
+    return raw, parse_jsonl(raw, path, data.limits, instrument.item_ids), instrument, instrument_sha256
+
+
+def limited(sessions: list[Session], limit: int | None) -> list[Session]:
+    """The sessions a run uses: the first `data.limit` (all when None)."""
     return sessions if limit is None else sessions[:limit]
 
 
@@ -59,6 +76,7 @@ def validate_data(data: DataParams) -> DataRef:
     validated: the sha256 and size of the very bytes the rules saw, and counts over the first `data.limit`
     sessions."""
     from care.data.validation import validate_file
+    from care.run.provenance import data_provenance, file_digests
 
     instrument, instrument_sha256 = load_instrument_verified(data.instrument)
     counts = _Counts(data.limit)
@@ -80,6 +98,7 @@ def validate_data(data: DataParams) -> DataRef:
         n_with_counselor_ratings=counts.n_with_counselor_ratings,
         n_with_rationales=counts.n_with_rationales,
         languages=sorted(counts.languages),
+        **data_provenance(data.path, result.sha256, file_digests(data.path, result.sha256)),
     )
 
 
@@ -120,7 +139,7 @@ def load_data(ref: DataRef) -> tuple[list[Session], Instrument]:
     parsed = parse_jsonl(raw, path)
     if parsed.problems:  # same bytes as validated: cannot happen unless the schema code changed mid-run
         raise DataChanged(f"{path}: no longer parses as it did at validation; start a new run")
-    return _limited(parsed.sessions, ref.limit), instrument
+    return limited(parsed.sessions, ref.limit), instrument
 
 
 def split(sessions: list[Session], folds_doc: dict | None, k: int | None) -> tuple[list[Session], list[Session]]:

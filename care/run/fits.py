@@ -2,7 +2,9 @@
 
 A fit's key covers everything that decides it: the data's sha256, the training sessions, the base model,
 the model/LoRA/training params, the instrument's content and the source of the training code
-(`care.cache.source_digest`). A finished fit with the same key is reused as it is.
+(`care.cache.source_digest`). A finished fit with the same key is reused as it is. A fit is built in a
+private directory and published once (`care.cache.new_entry`): two runs fine-tuning the same fold at once
+each train, the first to finish publishes, and neither ever sees the other's files change.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from care.cache import cache_root, digest, source_digest
+from care.cache import cache_root, digest, new_entry, source_digest
 from care.fsutil import atomic_write_json
 from care.params import FitParams
 from care.run.artifacts import ModelDir
@@ -64,8 +66,9 @@ def finetune_on(data: DataRef, folds_doc: dict | None, k: int | None, fit: FitPa
 
     tokenizer = load_tokenizer(base.path)
     examples, stats = build_examples(train, builder(fit, tokenizer, instrument), fit.train.targets)
-    train_stats = run_finetune(base.path, examples, fit, out_dir / ADAPTER, desc=desc)
-    atomic_write_json(out_dir / DONE, {"base": base.key, "examples": stats.as_dict(), "train": train_stats})
+    with new_entry(out_dir, complete=lambda p: (p / DONE).is_file()) as tmp:
+        train_stats = run_finetune(base.path, examples, fit, tmp / ADAPTER, desc=desc)
+        atomic_write_json(tmp / DONE, {"base": base.key, "examples": stats.as_dict(), "train": train_stats})
     return ModelDir(str(out_dir), key=key)
 
 

@@ -4,7 +4,7 @@ The rationale sample is generated twice, with and without grounded quotes (care.
 the metrics compare both and show what the constraint costs in time.
 
 Scores are cached by the fit's key, the fold's sessions, the eval params and the scoring code, so a rerun
-of a finished fold reads them back instead of scoring again.
+of a finished fold reads them back instead of scoring again; an entry is published once (`care.cache`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import random
 import time
 from typing import Any
 
-from care.cache import cache_root, digest, source_digest
+from care.cache import cache_root, digest, publish_file, source_digest
 from care.errors import CareError
-from care.fsutil import atomic_write_json
 from care.params import EvalParams, FitParams
 from care.run.artifacts import ModelDir
 from care.run.data import DataRef, load_data, split
@@ -117,8 +116,9 @@ def score_fold(data: DataRef, folds_doc: dict, k: int, fit: FitParams, eval: Eva
                             max_new_tokens=0)
         zs_items, _, zs_unparsed = readout(zs, instrument, "expected")
         result["zero_shot"] = {"predictions": zs_items, "unparsed": zs_unparsed}
-    atomic_write_json(cached, result)
-    return result
+    # published once; when another run published this fold first, its (equal) entry is the one returned
+    published = publish_file(cached, (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    return json.loads(published.read_text("utf-8"))
 
 
 def fold_metrics(data: DataRef, folds_doc: dict, k: int, eval: EvalParams, scored: dict) -> dict:

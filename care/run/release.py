@@ -1,49 +1,31 @@
-"""After the gate: the final fit merged, exported to ONNX, checked for parity and packaged (care.release does each)."""
+"""After the gate: the final fit merged, exported to ONNX, checked for parity and packaged (care.release does each).
+
+The package is a cache entry (`care.cache.new_entry`) keyed by everything it is made of: the final fit, the
+base, the release params, the metadata it records (data version, code commit, params, CV and gate), the
+signing key and the code that builds it. It is built in a private directory and published once; a run
+with the same inputs reuses it, and two runs building it at once never touch each other's files.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
-import subprocess
 from pathlib import Path
 
 import yaml
 
 from care.errors import CareError
-from care.cache import cache_root, digest
+from care.cache import cache_root, digest, new_entry, source_digest
 from care.params import Params
 from care.release.manifest import MANIFEST, sha256_file
 from care.run.artifacts import ModelDir
 from care.run.data import DataRef
-from care.safe_yaml import load_yaml_file
-
-
-def data_version(data_path: str | Path, sha256: str, dvc_file: str | Path = "data.dvc") -> str:
-    """The data's version: DVC's md5 when `data_path` lies in the directory `dvc_file` tracks, else its sha256."""
-    path = Path(dvc_file)
-    if path.is_file():
-        outs = (load_yaml_file(path, "DVC file") or {}).get("outs") or []
-        for out in outs:
-            tracked = (path.parent / str(out.get("path", ""))).resolve()
-            if out.get("md5") and Path(data_path).resolve().is_relative_to(tracked):
-                return str(out["md5"])
-    return f"sha256:{sha256}"
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+from care.run.provenance import git_commit
 
 
 def prompt_version(instrument) -> str:
     """The prompt format's version: a digest of the code that renders prompts and of the instrument's
     prompt wording (never bumped by hand)."""
-    from care.cache import source_digest
-
     return digest([source_digest("care.model.prompts"), instrument.prompts_digest()])[:12]
 
 
@@ -66,34 +48,84 @@ def base_model_id(base: str | None, preset: str) -> str:
     return base
 
 
+def _signer() -> str | None:
+    """A digest of the configured signing key (CARE_SIGNING_KEY), so a package signed by another key, or
+    unsigned, is another cache entry."""
+    from care.release.signing import configured_key
+
+    key = configured_key()
+    return hashlib.sha256(key.read_bytes()).hexdigest() if key is not None else None
+
+
+def release_metadata(params: Params, data: DataRef, base: ModelDir, instrument, cv: dict, gate: dict) -> dict:
+    """What the package records besides its merge, export and parity results (numbers and ids only)."""
+    from care.evaluation.intervals import summary as interval_summary
+    from care.model.base_files import base_provenance
+
+    return {
+        "data_version": data.version or f"sha256:{data.sha256}",
+        # the bytes differ from what the .dvc file tracking them records (care.run.provenance)
+        **({"data_dirty": data.dirty, "data_dvc_md5": data.dvc_md5} if data.dirty is not None else {}),
+        "data_path": data.path,
+        "data_sha256": data.sha256,
+        "n_sessions": data.n_sessions,
+        "git_commit": git_commit(),
+        "params_digest": params.digest(),
+        "base_model": base_model_id(params.model.base, params.model.preset),
+        "base": base_provenance(base.path, base.key),
+        "preset": params.model.preset,
+        "finetune": params.model.finetune,
+        "targets": params.train.targets,
+        "instrument": instrument.name,
+        "cv": {**{k: cv[k] for k in ("mean", "std", "baselines", "n_folds", "n_sessions", "unparsed", "readout",
+                                     "targets", "targets_requested", "score_only_fallback_share", "transcripts",
+                                     "warnings", "rationale_quality") if k in cv},
+               **({"intervals": interval_summary(cv["intervals"])} if cv.get("intervals") else {})},
+        "gate": gate,
+        "scoring": {"max_length": params.model.max_length, "reserve": params.model.target_tokens,
+                    "context_policy": params.model.context_policy,
+                    "languages": data.languages, "prompt_version": prompt_version(instrument),
+                    "prompt_date": params.model.prompt_date.isoformat(),
+                    "readout": params.eval.readout, "grounded_quotes": params.eval.grounded_quotes},
+    }
+
+
 def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir, cv: dict, gate: dict) -> ModelDir:
     """Merge (LoRA) or copy (full) the final model, export ONNX, check parity, write the package.
 
-    Refuses when the gate did not pass. The package is built under the cache (keyed by the fit and the
-    release params) and returned as a ModelDir keyed by its manifest's sha256.
+    Refuses when the gate did not pass. The package is a published cache entry (see the module docstring),
+    returned as a ModelDir keyed by its manifest's sha256.
     """
-    from care.model.base_files import base_provenance
-    from care.model.presets import load_tokenizer
-    from care.evaluation.intervals import summary as interval_summary
-    from care.release import build_package, check_parity, export_onnx, merge_adapter
     from care.release.signing import sign_if_configured
     from care.run.data import load_data
-    from care.run.fits import ADAPTER, builder
 
     if not gate.get("passed"):
         raise CareError("the gate did not pass: nothing is exported")
     sessions, instrument = load_data(data)
-    work = cache_root() / "release" / digest([model.key, params.release.model_dump(mode="json")])[:24]
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    package = work / "package"
+    metadata = release_metadata(params, data, base, instrument, cv, gate)
+    key = digest([model.key, base.key, params.release.model_dump(mode="json"), metadata, _signer(),
+                  source_digest("care.run.release")])[:24]
+    entry = cache_root() / "release" / key
+    package = entry / "package"
+    if not (package / MANIFEST).is_file():
+        with new_entry(entry, complete=lambda p: (p / "package" / MANIFEST).is_file()) as work:
+            _build(params, sessions, instrument, model, base, cv, metadata, work)
+            sign_if_configured(work / "package")  # CARE_SIGNING_KEY: the registered package carries manifest.sig
+    return ModelDir(str(package), key=sha256_file(package / MANIFEST))
+
+
+def _build(params: Params, sessions, instrument, model: ModelDir, base: ModelDir, cv: dict, metadata: dict,
+           work: Path) -> None:
+    from care.model.presets import load_tokenizer
+    from care.release import build_package, check_parity, export_onnx, merge_adapter
+    from care.run.fits import ADAPTER, builder
+
+    rel = params.release
+    held = sessions[: rel.parity_sessions]
+    tokenizer = load_tokenizer(base.path)
+    build = builder(params.fit, tokenizer, instrument)
+    check = [(e := build.encode(s)).prefix + e.items[instrument.item_ids[0]] for s in held]
     try:
-        rel = params.release
-        held = sessions[: rel.parity_sessions]
-        tokenizer = load_tokenizer(base.path)
-        build = builder(params.fit, tokenizer, instrument)
-        check = [(e := build.encode(s)).prefix + e.items[instrument.item_ids[0]] for s in held]
         merge = merge_adapter(base.path, Path(model.path) / ADAPTER, work / "merged", check, rel.merge_max_logit_diff)
         export = export_onnx(work / "merged", work / "onnx", device=rel.export_device)
         fp16 = rel.export_device == "cuda"
@@ -104,37 +136,10 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
             max_logit_diff=rel.fp16_max_logit_diff if fp16 else rel.max_logit_diff,
             max_score_diff=rel.fp16_max_score_diff if fp16 else rel.max_score_diff, device=rel.export_device,
         )
-        metadata = {
-            "data_version": data_version(data.path, data.sha256),
-            "data_path": data.path,
-            "data_sha256": data.sha256,
-            "n_sessions": data.n_sessions,
-            "git_commit": git_commit(),
-            "params_digest": params.digest(),
-            "base_model": base_model_id(params.model.base, params.model.preset),
-            "base": base_provenance(base.path, base.key),
-            "preset": params.model.preset,
-            "finetune": params.model.finetune,
-            "targets": params.train.targets,
-            "instrument": instrument.name,
-            "cv": {**{k: cv[k] for k in ("mean", "std", "baselines", "n_folds", "n_sessions", "unparsed", "readout",
-                                         "targets", "targets_requested", "score_only_fallback_share", "transcripts",
-                                         "warnings", "rationale_quality") if k in cv},
-                   **({"intervals": interval_summary(cv["intervals"])} if cv.get("intervals") else {})},
-            "gate": gate,
-            "merge": merge,
-            "export": export,
-            "parity": parity,
-            "scoring": {"max_length": params.model.max_length, "reserve": params.model.target_tokens,
-                        "context_policy": params.model.context_policy,
-                        "languages": data.languages, "prompt_version": prompt_version(instrument),
-                        "prompt_date": params.model.prompt_date.isoformat(),
-                        "readout": params.eval.readout, "grounded_quotes": params.eval.grounded_quotes},
-        }
-        build_package(package, work / "onnx", None, resolved_instrument(instrument, work / "instrument.yaml"), metadata,
+        build_package(work / "package", work / "onnx", None,
+                      resolved_instrument(instrument, work / "instrument.yaml"),
+                      {**metadata, "merge": merge, "export": export, "parity": parity},
                       calibration=(cv.get("intervals") or {}).get("calibration"))
-        sign_if_configured(package)  # CARE_SIGNING_KEY: the package the next step registers carries manifest.sig
     finally:
         for name in ("merged", "onnx"):
             shutil.rmtree(work / name, ignore_errors=True)
-    return ModelDir(str(package), key=sha256_file(package / MANIFEST))
