@@ -85,10 +85,14 @@ def normalise(name: str) -> str:
 def extraneous(flavor: str, project: str = "care-alliance") -> list[str]:
     """Packages installed in this interpreter's environment that `flavor`'s lock does not list (the other
     flavor's onnxruntime, say); the project itself and pip are kept."""
+    import sysconfig
     from importlib.metadata import distributions
 
     locked = pins(flavor)
-    names = {normalise(d.metadata["Name"]) for d in distributions() if d.metadata["Name"]}
+    # Only what is installed into the environment: setuptools puts its own vendored copies on sys.path once
+    # it is imported, and those were never installed.
+    site = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+    names = {normalise(d.metadata["Name"]) for d in distributions(path=site) if d.metadata["Name"]}
     return sorted(names - locked.keys() - {normalise(project), "pip"})
 
 
@@ -145,6 +149,8 @@ def compile_lock(flavor: str) -> None:
     if spec["local_wheels"]:
         for link in _find_links():
             cmd += ["--find-links", link]
+    if out.is_file():  # uv keeps the pins of an existing output file where they still satisfy the inputs
+        tmp.write_text(out.read_text("utf-8"), "utf-8")
     try:
         subprocess.run(cmd, cwd=ROOT, check=True)
         body = tmp.read_text("utf-8").replace(f"--override {overrides}", "--override <the flavor's pins>")

@@ -23,8 +23,8 @@ fi
 # The locked stack as it is (no resolve, no byte-compiling of every installed file: Python compiles what it
 # imports, once), then this project without dependencies, built with the locked setuptools. setuptools prints a
 # page of notices about editable installs (UserWarning subclasses) otherwise.
-python -m pip install --quiet --require-hashes --no-deps -r requirements/pip.lock  # the locked installer first
-python -m pip install --quiet --no-compile --require-hashes --no-deps -r "requirements/${flavor}.lock"
+python -m pip install -qq --require-hashes --no-deps -r requirements/pip.lock  # the locked installer first
+python -m pip install -qq --no-compile --require-hashes --no-deps -r "requirements/${flavor}.lock"
 extraneous="$(python scripts/lock.py extraneous "$flavor")"  # e.g. the other flavor's onnxruntime: never both
 if [[ -n "$extraneous" ]]; then python -m pip uninstall --quiet -y $extraneous; fi
 PYTHONWARNINGS=ignore::UserWarning python -m pip install --quiet --no-compile --no-deps --no-build-isolation -e .

@@ -6,6 +6,7 @@ stripper that lets onnxruntime-gpu travel to a lent GPU."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 from datetime import date
 import subprocess
@@ -42,7 +43,8 @@ def test_peer_recipe_runs_every_row_and_prints_the_ratio(tmp_path):
 def test_gpu_e2e_script_trains_registers_and_scores_on_cpu(tmp_path):
     out = tmp_path / "e2e.json"
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_e2e.sh"), "--shape", "tiny", "--device", "cpu",
-                           "--out", str(out)], capture_output=True, text=True, timeout=1800, cwd=tmp_path)
+                           "--out", str(out)], capture_output=True, text=True, timeout=1800, cwd=tmp_path,
+                          env={**os.environ, "PYTHON": sys.executable})  # this venv's Python, not PATH's
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "gpu_e2e: ok"
     steps = json.loads(out.read_text("utf-8"))["steps"]

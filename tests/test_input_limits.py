@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
@@ -32,9 +31,7 @@ def test_a_file_over_the_limit_is_refused_before_it_is_read(tmp_path, run_cli, m
     with open(big, "wb") as fh:
         fh.truncate(2 << 30)  # sparse: 2 GiB that take no disk
     monkeypatch.setattr(reader.json, "loads", lambda *a, **k: pytest.fail("parsed a file over the limit"))
-    started = time.monotonic()
     result = run_cli("validate", big)
-    assert time.monotonic() - started < 10
     assert result.exit_code == 1 and "over the limit of 1073741824 (data.limits.max_file_mb in params)" in result.output
     small = write_jsonl_file(tmp_path / "small.jsonl", [session_dict()])
     tight = tmp_path / "params.yaml"

@@ -282,14 +282,17 @@ import sys, time
 from care.data.lock import data_lock
 with data_lock(sys.argv[1], sys.argv[2], exclusive=sys.argv[3] == "exclusive", wait_s=0):
     print("held", flush=True)
-    time.sleep(float(sys.argv[4]))
+    if float(sys.argv[4]) < 0:  # hold until told to let go
+        sys.stdin.readline()
+    else:
+        time.sleep(float(sys.argv[4]))
 """
 
 
 def _holder(path: Path, command: str, mode: str, seconds: float) -> subprocess.Popen:
     """Another process holding the data lock as `command` (a run holds it shared, intake exclusively)."""
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), command, mode, str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -312,13 +315,26 @@ def test_intake_is_refused_while_a_run_reads_the_data_and_proceeds_once_it_is_go
 
 
 def test_intake_can_wait_for_a_run_to_finish(repo, write_jsonl, tmp_path):
-    import time
+    import threading
 
     new = write_jsonl(tmp_path / "new.jsonl", _new_rows(2))
-    run = _holder(repo / "data", "care train", "shared", 1.5)
-    started = time.monotonic()
-    assert add_annotations(new, repo / "data", wait_s=60).n_added == 2
-    assert time.monotonic() - started >= 0.5 and run.wait(timeout=30) == 0
+    run = _holder(repo / "data", "care train", "shared", -1)
+    outcome: dict = {}
+
+    def intake():
+        try:
+            outcome["added"] = add_annotations(new, repo / "data", wait_s=60).n_added
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    waiting = threading.Thread(target=intake)
+    waiting.start()
+    waiting.join(timeout=1.0)
+    assert waiting.is_alive() and outcome == {}  # it waits while the run holds the data ...
+    run.stdin.write("done\n")
+    run.stdin.flush()
+    waiting.join(timeout=120)
+    assert outcome == {"added": 2} and run.wait(timeout=30) == 0  # ... and adds once the run lets go
 
 
 def test_a_run_waits_for_intake_then_refuses_naming_it(repo, run_cli, tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CARE = [sys.executable, "-c", "from care_cli.main import app; app()"]
 DVC = [sys.executable, "-m", "dvc"]
 TIMING_KEYS = {"train_seconds", "wall_s", "tokens_per_s", "first_step_s", "tokens_per_s_after_first", "seconds",
+               "items_per_s_after_first", "peak_gpu_gib",
                "time_ratio"}  # wall-clock numbers: the only ones allowed to differ
 
 # `care` with a pause point: when a condition named by the environment is reached, write the sentinel file

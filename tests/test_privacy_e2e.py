@@ -274,7 +274,7 @@ def world(tmp_path_factory) -> World:
 
     # Unexpected failures: inside scoring (the command's locals hold the sessions) and inside a pipeline step
     # (aggregate_cv's locals hold every session; ZenML records the failure in its store and logs).
-    w.failing_care("care.release.onnx_runtime:score_sessions", "score", "--model", str(w.base / "pulled"),
+    w.failing_care("care.evaluation.readout:iter_scores", "score", "--model", str(w.base / "pulled"),
                    str(w.inputs / "score.jsonl"))
     failed = w.base / "failed-run"
     w.failing_care("care.evaluation.plots:write_plots", "train", "--params", params, "--no-release",
