@@ -91,7 +91,8 @@ def validate(
     from care.params import load_params
 
     data = load_params(params).data
-    result = validate_file(path, instrument=instrument or data.instrument, report_path=report, limits=data.limits)
+    result = validate_file(path, instrument=instrument or data.instrument, report_path=report, limits=data.limits,
+                           record=True)
     for problem in result.problems:
         typer.echo(str(problem), err=True)
     if result.problems:
@@ -396,8 +397,12 @@ def train(
     plots_dir: Path = typer.Option(Path("plots"), "--plots-dir"),
     wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for another run writing the same metrics, "
                                                           "plots or release; refused at once by default."),
+    verbose: bool = typer.Option(False, "--verbose", help="Also show ZenML's and the libraries' INFO logs and advice."),
 ) -> None:
     """Run the pipeline: validate, cross-validate, gate, then release and register (ZenML)."""
+    from care.logs import quiet_third_party
+
+    quiet_third_party(verbose)  # before ZenML and the model libraries are imported
     from care.params import load_params
     from care.run.outputs import Outputs
     from care.run.preflight import preflight

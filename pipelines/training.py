@@ -104,9 +104,10 @@ def run_training(params: Params, outputs, release: bool = True, wait_s: float = 
         preflight(params, outputs, release)
         check_store()
     with files.outputs_lock(outputs, params.release.out if release else None, "care train", wait_s):
-        files.check_outputs(outputs)  # again: another run may have written them while this one waited
-        if release:
-            files.check_release_out(params.release.out)
+        if wait_s > 0:  # again only when another run may have written them while this one waited for the lock
+            files.check_outputs(outputs)
+            if release:
+                files.check_release_out(params.release.out)
         # intake (`care annotations add`) waits or is refused until the run is over: folds see one version of the data
         with data_lock(params.data.path, "care train", exclusive=False, wait_s=RUN_WAIT_S):
             return _run_locked(params, outputs, release, files)

@@ -1,18 +1,15 @@
 #!/usr/bin/env bash
 # Retrain on the current data and params (CI: .github/workflows/retrain.yml; also fine by hand).
-#   1. validate data/sessions.jsonl (report: metrics/validation.json);
-#   2. dvc repro: cross-validate, gate, release, register in ZenML (staging on pass); the gate failing
-#      fails this script;
-#   3. `dvc metrics diff HEAD~1 --md` to $GITHUB_STEP_SUMMARY when set, else stdout;
-#   4. dvc push when CARE_PUSH=1 and a default DVC remote is configured.
+#   1. dvc repro: validate data/sessions.jsonl (report: metrics/validation.json; the run reuses this pass),
+#      cross-validate, gate, release, register in ZenML (staging on pass); the gate failing fails this script;
+#   2. `dvc metrics diff HEAD~1 --md` to $GITHUB_STEP_SUMMARY when set, else stdout;
+#   3. dvc push when CARE_PUSH=1 and a default DVC remote is configured.
 # Usage: bash scripts/retrain.sh [extra `dvc repro` arguments, e.g. --force or a stage name]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DVC_NO_ANALYTICS=1 ZENML_ANALYTICS_OPT_IN=false GX_ANALYTICS_ENABLED=false ORT_DISABLE_TELEMETRY=1
 if [[ -f .venv/bin/activate ]]; then . .venv/bin/activate; fi
 
-mkdir -p metrics
-care validate data/sessions.jsonl --report metrics/validation.json
 dvc repro "$@"
 
 summary() {

@@ -5,7 +5,7 @@ from typing import Annotated, Tuple
 from zenml import step
 
 from care.params import CvParams, EvalParams, TrainParams
-from care.run.data import DataRef
+from care.run.data import DataRef, load_data
 from care.run.report import cv_detail, prediction_rows
 from steps.scratch import step_cache
 
@@ -14,6 +14,7 @@ from steps.scratch import step_cache
 def aggregate_cv(data: DataRef, folds: dict, fold_results: list, scored: list, eval: EvalParams, cv: CvParams,
                  train: TrainParams) -> Tuple[Annotated[dict, "cv_detail"], Annotated[list, "predictions"]]:
     with step_cache():
-        detail = cv_detail(data, fold_results, scored, eval, cv, train)
-        rows = prediction_rows(data, folds, scored, eval.readout)
+        loaded = load_data(data)  # read, hashed and parsed once for the whole step
+        detail = cv_detail(data, fold_results, scored, eval, cv, train, loaded)
+        rows = prediction_rows(data, folds, scored, eval.readout, loaded)
     return detail, rows

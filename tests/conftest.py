@@ -114,9 +114,13 @@ def write_jsonl():
 
 
 @pytest.fixture
-def run_cli():
-    """Run the `care` CLI in-process: ``run_cli("validate", str(path))`` -> click Result (stdout, stderr)."""
+def run_cli(tmp_path_factory, monkeypatch):
+    """Run the `care` CLI in-process: ``run_cli("validate", str(path))`` -> click Result (stdout, stderr).
+    Its cache (`care validate` records passes there) is a fresh directory unless CARE_CACHE_DIR is set."""
     from typer.testing import CliRunner
+
+    if not os.environ.get("CARE_CACHE_DIR"):
+        monkeypatch.setenv("CARE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
     from care_cli.main import app
 

@@ -73,7 +73,7 @@ CARE_LAYERS = {  # care's sub-packages -> the sub-packages they may import (the 
     "run": {"data", "model", "evaluation", "release"},
     "report": {"data"},
 }
-CORE = {"errors", "fsutil", "params", "cache", "safe_yaml"}
+CORE = {"errors", "fsutil", "params", "cache", "safe_yaml", "logs"}
 
 
 def test_care_sub_packages_follow_the_data_path():
@@ -85,3 +85,7 @@ def test_care_sub_packages_follow_the_data_path():
                     [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
                 used.update(n.split(".")[1] for n in names if n.startswith("care.") and n.split(".")[1] != sub)
         assert used - CORE <= allowed, f"care.{sub} imports care.{sorted(used - CORE - allowed)}"
+
+
+def test_care_top_level_modules_are_the_core_modules():
+    assert {p.stem for p in (ROOT / "care").glob("*.py")} - {"__init__"} == CORE

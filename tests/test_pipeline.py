@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline")
     env = care_world(base)
+    env.pop("ZENML_LOGGING_VERBOSITY", None)  # the run prints what a person's would (care.logs decides)
     return base, env
 
 
@@ -98,6 +99,15 @@ def test_pipeline_writes_metrics_release_and_registers_in_staging(world, first_r
     listing = json.loads(care(world, "models", "list", "--json").stdout)
     staged = [v for v in listing if v.get("stage") == "staging"]
     assert len(staged) == 1
+
+
+def test_run_prints_folds_gate_and_release_without_third_party_chatter(first_run):
+    _, proc = first_run
+    out = proc.stdout + proc.stderr
+    assert "because it is a closure" not in out and "has started" not in out  # Great Expectations, ZenML banners
+    assert "fold 1/2" in out and "fold 2/2" in out and "final fit" in out  # the folds' progress bars
+    assert "gate" in out and "registered care-alliance version" in out and "warning:" in out
+    assert len(out.splitlines()) < 40  # 285 lines before care.logs
 
 
 def test_released_model_scores_new_transcripts(world, first_run, tmp_path):

@@ -501,13 +501,15 @@ def validate_file(
     keep_sessions: bool = False,
     observe: Callable[[Session], None] | None = None,
     progress: bool | None = None,
+    record: bool = False,
 ) -> ValidationResult:
     """Read and validate `path` as a stream: every structural and rule problem, sorted by line.
 
     Raises CareError (one line) for file-level problems: missing, not UTF-8, empty. Writes the JSON
     report (counts and problems only) atomically to `report_path` when given, also (with an "error"
     entry) before raising a file-level error. The sessions are kept in the result only with `keep_sessions`;
-    `progress` as in `JsonlStream` (None: a bar for long files on a terminal).
+    `progress` as in `JsonlStream` (None: a bar for long files on a terminal). `record`: a pass is recorded
+    (`care.data.validated`), so a later `validate_data` of the same bytes, instrument and limits skips the suite.
     """
     inst = _instrument(instrument)
     try:
@@ -524,6 +526,10 @@ def validate_file(
         from care.fsutil import atomic_write_json
 
         atomic_write_json(report_path, result.report())
+    if record and result.valid:
+        from care.data.validated import record_pass
+
+        record_pass(result.sha256, result.n_bytes, inst, limits or DataLimits(), ratings_required)
     return result
 
 

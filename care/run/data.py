@@ -74,13 +74,18 @@ def limited(sessions: list[Session], limit: int | None) -> list[Session]:
 def validate_data(data: DataParams) -> DataRef:
     """Validate `data.path` with every rule (Great Expectations), reading it as a stream, and record what was
     validated: the sha256 and size of the very bytes the rules saw, and counts over the first `data.limit`
-    sessions."""
+    sessions. Bytes whose pass is recorded for the same instrument and limits (`care.data.validated`: the
+    `validate` stage ran first) are parsed with the schema only: the suite runs once per `dvc repro`."""
+    from care.data.validated import reuse_pass
     from care.data.validation import validate_file
     from care.run.provenance import data_provenance, file_digests
 
     instrument, instrument_sha256 = load_instrument_verified(data.instrument)
     counts = _Counts(data.limit)
-    result = validate_file(data.path, instrument, limits=data.limits, observe=counts.add)
+    result = reuse_pass(data.path, instrument, data.limits, observe=counts.add)  # `care validate` passed these bytes
+    if result is None:
+        counts = _Counts(data.limit)
+        result = validate_file(data.path, instrument, limits=data.limits, observe=counts.add, record=True)
     if result.problems:
         from care.errors import InvalidData
 

@@ -11,11 +11,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from care.params import CvParams, EvalParams, TrainParams
 from care.run.data import DataRef, load_data
 from care.run.fold_eval import READOUTS
+
+if TYPE_CHECKING:
+    from care.data.instrument import Instrument
+    from care.data.schema import Session
+
+    Loaded = tuple[list[Session], Instrument]  # what `care.run.data.load_data` returns
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -61,25 +67,27 @@ def _rationale_summary(folds: list[dict]) -> dict[str, Any] | None:
     return out
 
 
-def intervals(data: DataRef, scored: list[dict], eval: EvalParams) -> dict[str, Any]:
+def intervals(data: DataRef, scored: list[dict], eval: EvalParams, loaded: Loaded | None = None) -> dict[str, Any]:
     """Conformal intervals from the folds' out-of-fold expected scores (care.evaluation.intervals)."""
     from care.evaluation.baselines import client_items
     from care.evaluation.intervals import calibrate
 
-    sessions, instrument = load_data(data)
+    sessions, instrument = loaded or load_data(data)
     folds = [{"predictions": s["predictions"]["expected"], "spread": s["spread"]}
              for s in sorted(scored, key=lambda s: s["fold"])]
     return calibrate(folds, client_items(sessions), instrument, eval.interval_levels)
 
 
 def cv_detail(data: DataRef, fold_results: list[dict], scored: list[dict], eval: EvalParams, cv: CvParams,
-              train: TrainParams) -> dict:
-    """Mean +/- std over folds for the model and every baseline, and the run's diagnostics and warnings."""
+              train: TrainParams, loaded: Loaded | None = None) -> dict:
+    """Mean +/- std over folds for the model and every baseline, and the run's diagnostics and warnings.
+    `loaded`: `load_data(data)` when the caller has it (the data is then not read again)."""
     from care.evaluation.diagnostics import prediction_spread, warnings_for
     from care.evaluation.metrics import aggregate, cv_document, rounded
 
     fold_results = sorted(fold_results, key=lambda r: r["fold"])
-    _, instrument = load_data(data)
+    loaded = loaded or load_data(data)
+    instrument = loaded[1]
     pooled: dict[str, dict] = {}
     for fold_scores in scored:
         pooled.update(fold_scores["predictions"][eval.readout])
@@ -93,7 +101,7 @@ def cv_detail(data: DataRef, fold_results: list[dict], scored: list[dict], eval:
         "digit_mass": {"mean": _mean([r["digit_mass"]["mean"] for r in fold_results]),
                        "min": min(r["digit_mass"]["min"] for r in fold_results)},
         "rationale_quality": _rationale_summary(rq),
-        "intervals": intervals(data, scored, eval),
+        "intervals": intervals(data, scored, eval, loaded),
         "examples": examples,
         "transcripts": transcripts,
         "train_seconds": sum(r["train"]["wall_s"] for r in fold_results),
@@ -140,12 +148,13 @@ def cv_summary(detail: dict, gate_doc: dict) -> dict:
     return summary
 
 
-def prediction_rows(data: DataRef, folds_doc: dict, scored: list[dict], readout: str) -> list[dict]:
+def prediction_rows(data: DataRef, folds_doc: dict, scored: list[dict], readout: str,
+                    loaded: Loaded | None = None) -> list[dict]:
     """`metrics/predictions.jsonl` rows: ids, fold, predicted and client-rated scores (numbers only)."""
     from care.evaluation.baselines import client_items
     from care.evaluation.plots import predictions_rows
 
-    sessions, instrument = load_data(data)
+    sessions, instrument = loaded or load_data(data)
     pred: dict[str, dict] = {}
     for fold_scores in scored:
         pred.update(fold_scores["predictions"][readout])
