@@ -28,8 +28,9 @@ import json
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from care.errors import CareError
 from care.params import FitParams, Params
@@ -49,20 +50,55 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params | Fit
     """Fine-tune `base_dir` on `examples`; save the LoRA adapter (or full model) and train_stats.json into
     `out_dir` (atomically). Returns the stats (counts, timings and decisions; no text). `step_callback(step)`
     runs after every optimizer step (benchmarks profile with it)."""
+    if not examples:
+        raise CareError("no training examples")
+    run = _set_up(base_dir, examples, params)
+    counts = _train(run, examples, params, desc, step_callback)
+    stats = _stats(run, examples, params, counts)
+    _save(run, base_dir, params, out_dir, stats)
+    return stats
+
+
+@dataclass
+class _Run:
+    """What `_set_up` decided and built for one fine-tune."""
+
+    accelerator: Any
+    model: Any
+    tokenizer: Any
+    precision: Any
+    fused: Any
+    memory: Any
+    plan: Any
+    master: Any
+    optimizer: Any
+    scheduler: Any
+    trainable: list
+    n_trainable: int
+    model_type: str
+    packed: list
+    attention: Any
+    share: bool
+    loss_of: Callable
+    autocast: Callable  # bf16 autocast when the precision asks for it, else a no-op context
+
+    @property
+    def procs(self) -> int:
+        return self.accelerator.num_processes
+
+
+def _set_up(base_dir: str | Path, examples: list[Example], params: Params | FitParams) -> _Run:
+    """Load the base, add LoRA, choose precision, fused kernels, checkpointing and sessions per forward, plan the
+    steps and build the optimizer (the order of these steps fixes the random draws: keep it)."""
     import torch
     from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
-    from care.fsutil import atomic_dir
-    from care.model.fused import apply_liger, choose_fused, liger_rope
-    from care.model.presets import BASE_CARD, base_dtype, is_tiny, load_base
+    from care.model.fused import apply_liger, choose_fused
+    from care.model.presets import base_dtype, is_tiny, load_base
     from care.model.precision import MasterWeights, choose_precision
 
-    layout = params.train.packing
-    if not examples:
-        raise CareError("no training examples")
-    tp = params.train
+    layout, tp = params.train.packing, params.train
     cuda = torch.cuda.is_available()
     state = PartialState(cpu=not cuda)
     precision = choose_precision(params, base_dtype(base_dir, params, state.device), state.num_processes,
@@ -70,10 +106,6 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params | Fit
     # autocast is ours (`precision.autocast`), not accelerate's: its state is one per process, and fine-tunes of
     # different precisions share a process (folds and the final fit of a run, benchmark variants)
     accelerator = Accelerator(mixed_precision="no", cpu=not cuda)
-
-    def autocast():
-        return torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision.autocast)
-
     procs, rank = accelerator.num_processes, accelerator.process_index
     set_seed(tp.seed)
     model, tokenizer = load_base(base_dir, params, accelerator.device, training=True)
@@ -87,7 +119,6 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params | Fit
         model = get_peft_model(model, config)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
     master = MasterWeights(trainable) if precision.master else None
     model_type = getattr(getattr(model, "config", None), "model_type", "")
     fused = choose_fused(params, model_type, accelerator.device.type, procs)
@@ -96,10 +127,14 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params | Fit
 
     packed = pack_by_session(examples) if layout == "session" else []
     attention = use_packed_attention(model) if layout == "session" else None
-    sw = float(tp.score_weight)
-    memory = _memory_plan(model, params, examples, packed, _loss_function(model, accelerator.device, sw,
-                                                                          fused.kind == "liger"), trainable, master is not None, procs,
-                          tiny=is_tiny(base_dir), device=accelerator.device, autocast=autocast)
+    sw, liger = float(tp.score_weight), fused.kind == "liger"
+
+    def autocast():
+        return torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision.autocast)
+
+    memory = _memory_plan(model, params, examples, packed, _loss_function(model, accelerator.device, sw, liger),
+                          trainable, master is not None, procs, tiny=is_tiny(base_dir), device=accelerator.device,
+                          autocast=autocast)
     if memory.checkpointing:
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -114,33 +149,59 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params | Fit
                                   **({"fused": True} if cuda else {}))
     scheduler = _scheduler(optimizer, tp.scheduler, plan.total_steps, int(round(tp.warmup_ratio * plan.total_steps)))
     model, optimizer = accelerator.prepare(model, optimizer)
-    loss_of = _loss_function(model, accelerator.device, sw, fused.kind == "liger")  # through DDP's forward
+    loss_of = _loss_function(model, accelerator.device, sw, liger)  # through DDP's forward
+    return _Run(accelerator, model, tokenizer, precision, fused, memory, plan, master, optimizer, scheduler, trainable,
+                sum(p.numel() for p in trainable), model_type, packed, attention, share, loss_of, autocast)
+
+
+@dataclass
+class _Counts:
+    """What the loop measured: the step losses and the counts and times the stats report."""
+
+    losses: list[float]
+    train_tokens: int = 0
+    target_tokens: int = 0
+    items: int = 0
+    first_step_s: float = 0.0  # the first step carries the warm-up (kernels, allocator)
+    first_step_tokens: int = 0
+    first_step_items: int = 0
+    wall: float = 0.0
+
+
+def _train(run: _Run, examples: list[Example], params: Params | FitParams, desc: str,
+           step_callback: Callable[[int], None] | None) -> _Counts:
+    """The optimizer steps of `run.plan`; one host sync a step (the loss), inputs built a step ahead."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from care.model.fused import liger_rope
+
+    accelerator, model, plan, procs = run.accelerator, run.model, run.plan, run.procs
+    layout, tp = params.train.packing, params.train
+    sw, pad_id = float(tp.score_weight), run.tokenizer.pad_token_id
     by_session: dict[str, list[Example]] = {}
     for e in examples:
         by_session.setdefault(e.session_id, []).append(e)
 
     def examples_of(micro: list[int]) -> list[Example]:
         if layout == "session":
-            return [e for i in micro for e in by_session[packed[i].session_id]]
+            return [e for i in micro for e in by_session[run.packed[i].session_id]]
         return [examples[i] for i in micro]
 
     def inputs_of(step: int) -> list:
         """The step's forward inputs, built on the host and sent ahead (session layout)."""
         if layout != "session":
             return [None] * len(plan.steps[step])
-        return [packed_inputs(model, concat_packed([packed[i] for i in micro]), accelerator.device, sw)
+        return [packed_inputs(model, concat_packed([run.packed[i] for i in micro]), accelerator.device, sw)
                 for micro in plan.steps[step]]
 
-    losses: list[float] = []
-    train_tokens = target_tokens = items = 0
-    first_step_s, first_step_tokens, first_step_items = 0.0, 0, 0  # the first step carries the warm-up (kernels, allocator)
-    if cuda:
+    c = _Counts(losses=[])
+    if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     started = time.perf_counter()
     bar = tqdm(range(plan.total_steps), desc=desc or "fine-tune", disable=not accelerator.is_local_main_process,
                leave=False, mininterval=1.0)
-    rope = liger_rope(model_type) if fused.kind == "liger" else nullcontext()
-    with rope:
+    with liger_rope(run.model_type) if run.fused.kind == "liger" else nullcontext():
         upcoming = inputs_of(0)
         for step in bar:
             micro, inputs = plan.steps[step], upcoming
@@ -150,87 +211,102 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params | Fit
             for k, (idx, prepared) in enumerate(zip(micro, inputs)):
                 sync = k == len(micro) - 1
                 group = examples_of(idx)
-                with (nullcontext() if sync else accelerator.no_sync(model)), autocast():
+                with (nullcontext() if sync else accelerator.no_sync(model)), run.autocast():
                     if layout == "session":
-                        loss_sum = loss_of(prepared)
-                        train_tokens += len(prepared.packed.input_ids)
-                    elif share:
-                        loss_sum, _ = shared_prefix_loss(model, group, tokenizer.pad_token_id, accelerator.device, sw)
-                        train_tokens += sum(len(e.input_ids) for e in group)
+                        loss_sum = run.loss_of(prepared)
+                        c.train_tokens += len(prepared.packed.input_ids)
+                    elif run.share:
+                        loss_sum, _ = shared_prefix_loss(model, group, pad_id, accelerator.device, sw)
+                        c.train_tokens += sum(len(e.input_ids) for e in group)
                     else:
-                        batch = {key: v.to(accelerator.device) for key, v in collate(group, tokenizer.pad_token_id).items()}
+                        batch = {key: v.to(accelerator.device) for key, v in collate(group, pad_id).items()}
                         loss_sum, _ = target_loss(model, batch, sw)
-                        train_tokens += sum(len(e.input_ids) for e in group)
+                        c.train_tokens += sum(len(e.input_ids) for e in group)
                     loss = loss_sum / step_weight
                 accelerator.backward(loss)
-                if master is not None:
-                    master.accumulate()
+                if run.master is not None:
+                    run.master.accumulate()
                 part = loss.detach().double()
                 step_loss = part if step_loss is None else step_loss + part
-                target_tokens += sum(sum(1 for x in e.labels[1:] if x != IGNORE_INDEX) for e in group)
-                items += len(group)
-            _optimizer_step(accelerator, optimizer, scheduler, master, trainable, tp.max_grad_norm)
+                c.target_tokens += sum(sum(1 for x in e.labels[1:] if x != IGNORE_INDEX) for e in group)
+                c.items += len(group)
+            _optimizer_step(accelerator, run.optimizer, run.scheduler, run.master, run.trainable, tp.max_grad_norm)
             if step + 1 < plan.total_steps:
                 upcoming = inputs_of(step + 1)  # built while the device finishes this step
             step_loss = float(step_loss)
             if procs > 1:  # each process holds procs x its share over the step's weight: the mean of the sums is the step's
                 step_loss = _summed(accelerator, step_loss) / procs
-            losses.append(step_loss)
+            c.losses.append(step_loss)
             bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
             if step == 0:
-                first_step_s, first_step_tokens, first_step_items = time.perf_counter() - started, train_tokens, items
+                c.first_step_s, c.first_step_tokens, c.first_step_items = (time.perf_counter() - started,
+                                                                           c.train_tokens, c.items)
             if step_callback is not None:
                 step_callback(step)
     bar.close()
-    wall = time.perf_counter() - started
+    c.wall = time.perf_counter() - started
     if procs > 1:  # counts over all processes
-        train_tokens, target_tokens = int(_summed(accelerator, train_tokens)), int(_summed(accelerator, target_tokens))
-        first_step_tokens = int(_summed(accelerator, first_step_tokens))
-        items, first_step_items = int(_summed(accelerator, items)), int(_summed(accelerator, first_step_items))
-    later_s = wall - first_step_s
+        for name in ("train_tokens", "target_tokens", "first_step_tokens", "items", "first_step_items"):
+            setattr(c, name, int(_summed(accelerator, getattr(c, name))))
+    return c
 
-    tail = losses[-max(1, len(losses) // 10):]
-    stats = {
+
+def _stats(run: _Run, examples: list[Example], params: Params | FitParams, c: _Counts) -> dict:
+    """train_stats.json: the recipe, every decision with its reason, the losses, counts and speeds."""
+    import torch
+
+    tp, layout, plan = params.train, params.train.packing, run.plan
+    later_s = c.wall - c.first_step_s
+    timed = plan.total_steps > 1 and later_s > 0
+    tail = c.losses[-max(1, len(c.losses) // 10):]
+    cuda = torch.cuda.is_available()
+    return {
         "finetune": params.model.finetune,
         "packing": layout,
-        "shared_prefix": share,
+        "shared_prefix": run.share,
         "sessions_per_step": plan.per_step if layout == "session" else None,
-        "sessions_per_forward": memory.sessions_per_forward if layout == "session" else None,
+        "sessions_per_forward": run.memory.sessions_per_forward if layout == "session" else None,
         "examples": len(examples),
         "steps": plan.total_steps,
         "epochs": plan.epochs,
         "batch_size": tp.batch_size,
         "grad_accum": tp.grad_accum,
-        "processes": procs,
-        "mixed_precision": "bf16" if precision.autocast else "no",
-        "precision": precision.as_dict(),
-        "fused_kernels": fused.as_dict(),
-        "gradient_checkpointing": memory.checkpointing,
-        "memory": memory.as_dict(),
-        "peak_gpu_gib": round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 2) if cuda else None,
+        "processes": run.procs,
+        "mixed_precision": "bf16" if run.precision.autocast else "no",
+        "precision": run.precision.as_dict(),
+        "fused_kernels": run.fused.as_dict(),
+        "gradient_checkpointing": run.memory.checkpointing,
+        "memory": run.memory.as_dict(),
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated(run.accelerator.device) / 2**30, 2) if cuda else None,
         "recipe": dict(params.resolved),
-        "trainable_parameters": n_trainable,
+        "trainable_parameters": run.n_trainable,
         "final_loss": round(sum(tail) / len(tail), 5),
-        "mean_loss": round(sum(losses) / len(losses), 5),
-        "first_loss": round(losses[0], 5),
-        "train_tokens": train_tokens,
-        "target_tokens": target_tokens,
-        "tokens_per_s": round(train_tokens / wall, 1) if wall > 0 else None,
-        "first_step_s": round(first_step_s, 3),
-        "tokens_per_s_after_first": (round((train_tokens - first_step_tokens) / later_s, 1)
-                                     if plan.total_steps > 1 and later_s > 0 else None),
-        "items": items,
-        "items_per_s_after_first": (round((items - first_step_items) / later_s, 3)
-                                    if plan.total_steps > 1 and later_s > 0 else None),
-        "wall_s": round(wall, 2),
+        "mean_loss": round(sum(c.losses) / len(c.losses), 5),
+        "first_loss": round(c.losses[0], 5),
+        "train_tokens": c.train_tokens,
+        "target_tokens": c.target_tokens,
+        "tokens_per_s": round(c.train_tokens / c.wall, 1) if c.wall > 0 else None,
+        "first_step_s": round(c.first_step_s, 3),
+        "tokens_per_s_after_first": round((c.train_tokens - c.first_step_tokens) / later_s, 1) if timed else None,
+        "items": c.items,
+        "items_per_s_after_first": round((c.items - c.first_step_items) / later_s, 3) if timed else None,
+        "wall_s": round(c.wall, 2),
         "seed": tp.seed,
-        "score_weight": sw,
+        "score_weight": float(tp.score_weight),
     }
+
+
+def _save(run: _Run, base_dir: str | Path, params: Params | FitParams, out_dir: str | Path, stats: dict) -> None:
+    """The adapter (or full model), the tokenizer and the stats into `out_dir`, atomically, from the main process."""
+    from care.fsutil import atomic_dir
+    from care.model.presets import BASE_CARD
+
+    accelerator = run.accelerator
     accelerator.wait_for_everyone()
-    if attention is not None:
-        restore_attention(model, attention)
+    if run.attention is not None:
+        restore_attention(run.model, run.attention)
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = accelerator.unwrap_model(run.model)
         with atomic_dir(out_dir) as tmp:
             unwrapped.save_pretrained(tmp, safe_serialization=True)
             if params.model.finetune != "lora":
@@ -238,10 +314,9 @@ def finetune(base_dir: str | Path, examples: list[Example], params: Params | Fit
                 base_card = Path(base_dir) / BASE_CARD
                 if base_card.is_file():  # a fully fine-tuned tiny model is still tiny (float32)
                     (tmp / BASE_CARD).write_text(base_card.read_text("utf-8"), "utf-8")
-            tokenizer.save_pretrained(tmp)
+            run.tokenizer.save_pretrained(tmp)
             (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n", "utf-8")
     accelerator.wait_for_everyone()
-    return stats
 
 
 def _optimizer_step(accelerator, optimizer, scheduler, master, trainable: list, max_grad_norm: float) -> None:
