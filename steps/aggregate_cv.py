@@ -5,14 +5,16 @@ from typing import Annotated, Tuple
 from zenml import step
 
 from care.params import CvParams, EvalParams, TrainParams
+from care.run.aggregate import cv_detail, prediction_rows
 from care.run.data import DataRef
-from care.run.report import cv_detail, prediction_rows
+from care.run.documents import CvDetail, FoldMetrics, FoldScores, FoldsPlan
 from steps.scratch import step_cache
 
 
 @step(enable_cache=False)
-def aggregate_cv(data: DataRef, folds: dict, fold_results: list, scored: list, eval: EvalParams, cv: CvParams,
-                 train: TrainParams) -> Tuple[Annotated[dict, "cv_detail"], Annotated[list, "predictions"]]:
+def aggregate_cv(data: DataRef, folds: FoldsPlan, fold_results: list[FoldMetrics], scored: list[FoldScores],
+                 eval: EvalParams, cv: CvParams,
+                 train: TrainParams) -> Tuple[Annotated[CvDetail, "cv_detail"], Annotated[list, "predictions"]]:
     with step_cache():
         detail = cv_detail(data, fold_results, scored, eval, cv, train)
         rows = prediction_rows(data, folds, scored, eval.readout)

@@ -22,6 +22,7 @@ from typing import Iterator
 
 from care.errors import CareError
 from care.fsutil import atomic_write_json, atomic_write_lines, cannot_write, check_writable, file_lock
+from care.run.documents import CvDetail, FoldsPlan, Gate
 
 LOCK_SUFFIX = ".care-lock"
 
@@ -38,25 +39,25 @@ class Outputs:
         return cls(Path(metrics).resolve(), Path(plots).resolve())
 
 
-def write_folds(out: Outputs, folds_doc: dict) -> None:
-    atomic_write_json(out.metrics / "folds.json", folds_doc)
+def write_folds(out: Outputs, folds: FoldsPlan) -> None:
+    atomic_write_json(out.metrics / "folds.json", folds.as_json())
 
 
-def write_cv(out: Outputs, detail: dict, rows: list[dict]) -> None:
+def write_cv(out: Outputs, detail: CvDetail, rows: list[dict]) -> None:
     """cv_detail.json, predictions.jsonl and the predicted-vs-client-rated plots."""
     from care.evaluation.plots import write_plots
 
-    atomic_write_json(out.metrics / "cv_detail.json", detail)
+    atomic_write_json(out.metrics / "cv_detail.json", detail.as_json())
     atomic_write_lines(out.metrics / "predictions.jsonl", [json.dumps(r, sort_keys=True) for r in rows])
     write_plots(rows, out.plots)
 
 
-def write_gate(out: Outputs, detail: dict, gate_doc: dict) -> None:
+def write_gate(out: Outputs, detail: CvDetail, gate: Gate) -> None:
     """gate.json and the summary cv.json (which carries the gate verdict)."""
-    from care.run.report import cv_summary
+    from care.run.aggregate import cv_summary
 
-    atomic_write_json(out.metrics / "gate.json", gate_doc)
-    atomic_write_json(out.metrics / "cv.json", cv_summary(detail, gate_doc))
+    atomic_write_json(out.metrics / "gate.json", gate.as_json())
+    atomic_write_json(out.metrics / "cv.json", cv_summary(detail, gate))
 
 
 def check_release_out(out: str | Path) -> None:
