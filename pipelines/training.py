@@ -3,9 +3,9 @@
 
 Params are parsed once (`care.params.load_params`); each step receives the typed sections it uses. Steps
 hand each other typed JSON documents (`care.run.documents`), the validated data's reference (`DataRef`) and
-model directories through the artifact store, never a local path: each step could run on its own machine. `run_training` then writes
-the files a person reads (metrics, plots, `release/`) from the run's own artifacts, installs the release
-and only then stages the registered version (undone together when either fails).
+model directories through the artifact store, never a local path: each step could run on its own machine.
+`run_training` then writes the files a person reads (metrics, plots, `release/`) from the run's own artifacts,
+installs the release and only then stages the registered version (undone together when either fails).
 """
 
 from __future__ import annotations

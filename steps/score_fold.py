@@ -14,6 +14,7 @@ from steps.scratch import step_cache
 
 @step(enable_cache=False)
 def score_fold(data: DataRef, folds: FoldsPlan, fold: int, fit: FitParams, eval: EvalParams, cv: CvParams,
-               model: ModelDir, base: ModelDir) -> Annotated[FoldScores, ArtifactConfig(name="fold_{fold}_predictions")]:
+               model: ModelDir,
+               base: ModelDir) -> Annotated[FoldScores, ArtifactConfig(name="fold_{fold}_predictions")]:
     with step_cache():
         return _score(data, folds, fold, fit, eval, model, base, cv.seed)

@@ -16,8 +16,9 @@ from care.params import GateParams
 from care.run.aggregate import cv_summary
 from care.run.documents import CvDetail, FoldScores, FoldsPlan, Gate, RunResult, RunWarning
 
-GOOD = {"mean": {"goal": {"pearson": 0.5, "mse": 0.4}}, "baselines": {"train_mean": {"goal": {"pearson": 0.1, "mse": 0.9}},
-                                                                     "counselor": {"goal": {"pearson": None, "mse": None}}},
+GOOD = {"mean": {"goal": {"pearson": 0.5, "mse": 0.4}},
+        "baselines": {"train_mean": {"goal": {"pearson": 0.1, "mse": 0.9}},
+                      "counselor": {"goal": {"pearson": None, "mse": None}}},
         "baselines_n": {"train_mean": {"goal": 10}, "counselor": {"goal": 0}}}
 
 
@@ -82,5 +83,6 @@ def test_the_documents_module_imports_only_pydantic():
     """The CLI and every step import it: no torch, no ZenML, no other module of the project."""
     path = Path(__file__).resolve().parents[1] / "care" / "run" / "documents.py"
     top = {(n.module or "").split(".")[0] for n in ast.parse(path.read_bytes()).body if isinstance(n, ast.ImportFrom)}
-    top |= {a.name.split(".")[0] for n in ast.parse(path.read_bytes()).body if isinstance(n, ast.Import) for a in n.names}
+    top |= {a.name.split(".")[0] for n in ast.parse(path.read_bytes()).body if isinstance(n, ast.Import)
+            for a in n.names}
     assert top <= {"__future__", "typing", "pydantic"}

@@ -69,7 +69,8 @@ def intervals(data: DataRef, scored: list[FoldScores], eval: EvalParams) -> dict
     from care.evaluation.intervals import calibrate
 
     sessions, instrument = load_data(data)
-    folds = [{"predictions": s.predictions["expected"], "spread": s.spread} for s in sorted(scored, key=lambda s: s.fold)]
+    folds = [{"predictions": s.predictions["expected"], "spread": s.spread}
+             for s in sorted(scored, key=lambda s: s.fold)]
     return calibrate(folds, client_items(sessions), instrument, eval.interval_levels)
 
 

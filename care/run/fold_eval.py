@@ -119,7 +119,8 @@ def score_fold(data: DataRef, folds: FoldsPlan, k: int, fit: FitParams, eval: Ev
         result["zero_shot"] = {"predictions": zs_items, "unparsed": zs_unparsed}
     # published once; when another run published this fold first, its (equal) entry is the one returned
     scores = FoldScores.model_validate(result)
-    published = publish_file(cached, (json.dumps(scores.as_json(), indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    text = json.dumps(scores.as_json(), indent=2, ensure_ascii=False) + "\n"
+    published = publish_file(cached, text.encode("utf-8"))
     return FoldScores.model_validate(json.loads(published.read_text("utf-8")))
 
 
