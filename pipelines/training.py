@@ -187,4 +187,4 @@ def _install_and_stage(package: str, registration: Registration, params: Params,
             err.exit_code = exc.exit_code
             raise err from None
         raise
-    return registration.model_copy(update={"stage": stage}), installed["replaced"]
+    return registration.model_copy(update={"stage": stage}), installed.replaced

@@ -38,7 +38,7 @@ def _files(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
 
 
-def _install(package: Path, out: Path) -> dict:
+def _install(package: Path, out: Path) -> files.Installed:
     with files.installing_release(package, out) as installed:
         return installed
 
@@ -46,12 +46,12 @@ def _install(package: Path, out: Path) -> dict:
 def test_an_unchanged_release_is_replaced_and_a_changed_one_moved_aside_never_deleted(tmp_path):
     out = tmp_path / "release"
     p1, p2, p3 = (_package(tmp_path / f"p{i}", str(i)) for i in (1, 2, 3))
-    assert _install(p1, out) == {"replaced": None}
-    assert _install(p2, out) == {"replaced": None} and _files(out) == _files(p2)  # p1 verified: replaced
+    assert _install(p1, out).replaced is None
+    assert _install(p2, out).replaced is None and _files(out) == _files(p2)  # p1 verified: replaced
     (out / "README.md").write_text("my notes on this release\n", "utf-8")  # no longer what the tool wrote
     (out / "extra.txt").write_text("keep me\n", "utf-8")
     changed = _files(out)
-    replaced = Path(_install(p3, out)["replaced"])
+    replaced = Path(_install(p3, out).replaced)
     assert _files(out) == _files(p3) and _files(replaced) == changed
     assert replaced.name.startswith("release.replaced-")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p1", "p2", "p3", "release", replaced.name]

@@ -60,6 +60,13 @@ def write_gate(out: Outputs, detail: CvDetail, gate: Gate) -> None:
     atomic_write_json(out.metrics / "cv.json", cv_summary(detail, gate))
 
 
+@dataclass(frozen=True)
+class Installed:
+    """What installing a release did to what `release.out` held: where a changed earlier release was moved."""
+
+    replaced: str | None
+
+
 def check_release_out(out: str | Path) -> None:
     """Refuse, before any work, a `release.out` that holds something this tool did not write: it must be absent,
     an empty directory or a release package (its manifest's format says so)."""
@@ -132,15 +139,15 @@ def _is_verified_package(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def installing_release(package_dir: str | Path, out: str | Path) -> Iterator[dict]:
+def installing_release(package_dir: str | Path, out: str | Path) -> Iterator[Installed]:
     """Install a verified release package at `out` for the block; it stays only when the block succeeds.
 
     What `out` held before: nothing, an empty directory or an earlier package that still verifies against its
     manifest is replaced (that package is a registered version's; it is deleted once the block succeeded). An
     earlier package whose files changed (or with files its manifest does not list) is moved aside to
-    `OUT.replaced-<time>` and kept; the yielded {"replaced": path or None} names it. Anything else is refused
-    before any work (`check_release_out`). When the block fails, the new package goes and what was there before
-    is put back. An OSError becomes one line naming `out`.
+    `OUT.replaced-<time>` and kept; the yielded `Installed.replaced` names it (None when nothing was kept).
+    Anything else is refused before any work (`check_release_out`). When the block fails, the new package goes
+    and what was there before is put back. An OSError becomes one line naming `out`.
     """
     from care.release.manifest import verify_package
 
@@ -171,7 +178,7 @@ def installing_release(package_dir: str | Path, out: str | Path) -> Iterator[dic
             raise cannot_write(out, exc) from None
         raise
     try:
-        yield {"replaced": str(kept) if kept else None}
+        yield Installed(str(kept) if kept else None)
     except BaseException:
         failed = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".failed", dir=out.parent))
         os.replace(out, failed / "package")
