@@ -25,16 +25,15 @@ import time
 def run_candidate(params_file: str, overrides: list[str]) -> dict:
     """Cross-validate one candidate; returns the model's and the baselines' mean per dimension."""
     from care.params import load_params
-    from care.run.data import load_data, validate_data
-    from care.data.folds import plan_folds
+    from care.run.aggregate import cv_detail
+    from care.run.data import load_data, plan_folds, validate_data
     from care.run.fits import finetune_on, prepare_base
     from care.run.fold_eval import fold_metrics, score_fold
-    from care.run.report import cv_detail
 
     p = load_params(params_file, [*overrides, "eval.zero_shot=false", "eval.rationale_sample=0"])
     data = validate_data(p.data)
-    sessions, instrument = load_data(data)
-    folds = plan_folds(sessions, instrument, p.cv.folds, p.cv.seed)
+    _, instrument = load_data(data)
+    folds = plan_folds(data, p.cv)
     base = prepare_base(data, p.fit)
     started = time.perf_counter()
     results, scored = [], []
@@ -45,10 +44,10 @@ def run_candidate(params_file: str, overrides: list[str]) -> dict:
         scored.append(s)
     detail = cv_detail(data, results, scored, p.eval, p.cv, p.train)
     out = {"overrides": overrides, "base": base.key[:16], "seconds": round(time.perf_counter() - started, 1)}
-    for name, block in [("model", detail["mean"])] + [(b, detail["baselines"][b]) for b in ("tfidf", "train_mean")]:
+    for name, block in [("model", detail.mean)] + [(b, detail.baselines[b]) for b in ("tfidf", "train_mean")]:
         out[name] = {d: {m: (None if block[d].get(m) is None else round(block[d][m], 4)) for m in ("pearson", "mse")}
                      for d in instrument.dimensions}
-    out["digit_mass"] = round(detail["digit_mass"]["mean"], 4) if isinstance(detail.get("digit_mass"), dict) else None
+    out["digit_mass"] = None if detail.digit_mass.mean is None else round(detail.digit_mass.mean, 4)
     return out
 
 

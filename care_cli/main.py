@@ -250,16 +250,32 @@ def models_list(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
-        cols = ["version", "stage", "created", "gate_passed", "key_metrics", "data_version"]
-        cells = [[("-" if r.get(c) is None else str(r[c]) + (" (dirty)" if c == "data_version" and r.get("data_dirty")
-                                                             else "")) for c in cols] for r in rows]
-        widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
         typer.echo(f"model {name}: {len(rows)} version(s)")
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
-        for row in cells:
-            typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        _print_versions(rows)
     for stage, versions in stage_conflicts(rows).items():  # listed in full above; the state is refused
         raise CareError(several_holders_message(name, stage, versions))
+
+
+_VERSION_COLUMNS = ("version", "stage", "created", "gate_passed", "key_metrics", "data_version")
+
+
+def _print_versions(rows: list[dict]) -> None:
+    """The versions as a table on stdout: one row each, `-` for a missing value, never wrapped or cut."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    def cell(row: dict, column: str) -> Text:  # Text: a value is never read as rich markup
+        value = row.get(column)
+        dirty = " (dirty)" if column == "data_version" and row.get("data_dirty") else ""
+        return Text("-" if value is None else f"{value}{dirty}")
+
+    table = Table(*_VERSION_COLUMNS, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for row in rows:
+        table.add_row(*(cell(row, c) for c in _VERSION_COLUMNS))
+    width = Console(width=1 << 16).measure(table).maximum  # the table's natural width, whatever the terminal's
+    Console(width=width, highlight=False, emoji=False).print(table)
 
 
 @models_app.command("show")
@@ -416,34 +432,35 @@ def train(
     from pipelines.training import run_training
 
     result = run_training(params, outputs, release=release, wait_s=wait, checked=True)
-    if result["interrupted"]:
-        fail(f"pipeline run {result['run']} interrupted: no further step ran; finished folds are cached, "
+    if result.interrupted:
+        fail(f"pipeline run {result.run} interrupted: no further step ran; finished folds are cached, "
              "rerun to resume", 130)
-    overall = [w for w in result["warnings"] if w["scope"] == "cv"]
+    overall = result.cv_warnings
     for w in overall:
-        numbers = "" if w["value"] is None else f" ({w['check']} {w['value']} vs {w['threshold']})"
-        typer.echo(f"warning: {w['scope']}: {w['message']}{numbers}", err=True)
-    if len(result["warnings"]) > len(overall):
-        typer.echo(f"warning: {len(result['warnings']) - len(overall)} more on single folds, listed under "
+        numbers = "" if w.value is None else f" ({w.check} {w.value} vs {w.threshold})"
+        typer.echo(f"warning: {w.scope}: {w.message}{numbers}", err=True)
+    if len(result.warnings) > len(overall):
+        typer.echo(f"warning: {len(result.warnings) - len(overall)} more on single folds, listed under "
                    f"'warnings' in {metrics_dir / 'cv_detail.json'}", err=True)
-    gate = result["gate"]
-    for skipped in (gate or {}).get("not_applied", []):
-        typer.echo(f"gate check not applied: {skipped['check']} ({skipped['reason']})", err=True)
-    for weaker in (gate or {}).get("loosened", []):
-        typer.echo(f"gate loosened: {weaker}", err=True)
-    if gate is not None and not gate["passed"]:
-        for check in gate["failed"]:
-            typer.echo(f"gate check failed: {check}", err=True)
-        fail(f"gate failed ({len(gate['failed'])} check(s)); nothing was exported or registered", 3)
-    if result["status"] != "completed":
-        fail(f"pipeline run {result['run']} {result['status']}: failed step(s) {', '.join(result['failed_steps']) or '?'}"
-             f" ({result['error']}); see the ZenML logs of the run")
-    if result["replaced"]:
-        typer.echo(f"release.out held a changed earlier release: moved to {result['replaced']}", err=True)
-    reg = result["registration"]
-    if reg:
-        typer.echo(f"registered {reg['model']} version {reg['version']}" + (f" in {reg['stage']}" if reg["stage"] else ""))
-    typer.echo(f"run {result['run']} completed; metrics in {metrics_dir}/")
+    gate = result.gate
+    if gate is not None:
+        for skipped in gate.not_applied:
+            typer.echo(f"gate check not applied: {skipped.check} ({skipped.reason})", err=True)
+        for weaker in gate.loosened:
+            typer.echo(f"gate loosened: {weaker}", err=True)
+        if not gate.passed:
+            for check in gate.failed:
+                typer.echo(f"gate check failed: {check}", err=True)
+            fail(f"gate failed ({len(gate.failed)} check(s)); nothing was exported or registered", 3)
+    if result.status != "completed":
+        fail(f"pipeline run {result.run} {result.status}: failed step(s) {', '.join(result.failed_steps) or '?'}"
+             f" ({result.error}); see the ZenML logs of the run")
+    if result.replaced:
+        typer.echo(f"release.out held a changed earlier release: moved to {result.replaced}", err=True)
+    reg = result.registration
+    if reg is not None:
+        typer.echo(f"registered {reg.model} version {reg.version}" + (f" in {reg.stage}" if reg.stage else ""))
+    typer.echo(f"run {result.run} completed; metrics in {metrics_dir}/")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

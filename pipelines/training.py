@@ -2,10 +2,10 @@
 [-> final fit -> release package (merge, ONNX export, parity) -> register].
 
 Params are parsed once (`care.params.load_params`); each step receives the typed sections it uses. Steps
-hand each other JSON, the validated data's reference (`DataRef`) and model directories through the
-artifact store, never a local path: each step could run on its own machine. `run_training` then writes
-the files a person reads (metrics, plots, `release/`) from the run's own artifacts, installs the release
-and only then stages the registered version (undone together when either fails).
+hand each other typed JSON documents (`care.run.documents`), the validated data's reference (`DataRef`) and
+model directories through the artifact store, never a local path: each step could run on its own machine.
+`run_training` then writes the files a person reads (metrics, plots, `release/`) from the run's own artifacts,
+installs the release and only then stages the registered version (undone together when either fails).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from zenml import Model, pipeline
 from zenml.enums import ExecutionMode
 
 from care.params import Params
+from care.run.documents import Registration, RunResult
 from steps import (
     aggregate_cv,
     build_release,
@@ -81,7 +82,8 @@ def _output(run, step: str, name: str):
     return run.steps[step].outputs[name][0].load()
 
 
-def run_training(params: Params, outputs, release: bool = True, wait_s: float = 0.0, checked: bool = False) -> dict:
+def run_training(params: Params, outputs, release: bool = True, wait_s: float = 0.0,
+                 checked: bool = False) -> RunResult:
     """Run the pipeline with a ZenML Model (numbered versions), then write its files from the artifacts.
 
     Before any work: the preflight (`care.run.preflight`: params against the data, output paths, keys) and the
@@ -90,10 +92,8 @@ def run_training(params: Params, outputs, release: bool = True, wait_s: float = 
     to `wait_s` s); the data is held shared against intake. Everything read back is this run's own (its unique
     run name), never the pipeline's newest run.
 
-    Returns {"run", "status", "failed_steps", "gate" (gate.json contents or None), "registration", "error",
-    "interrupted" (Ctrl-C or SIGTERM), "warnings" (care.evaluation.diagnostics), "replaced" (where an earlier,
-    changed release was moved, or None)}. A failed step (the final fit refuses a failed gate) is reported through
-    the status, never swallowed.
+    Returns the run's `care.run.documents.RunResult` (status, gate, registration, warnings, ...). A failed step
+    (the final fit refuses a failed gate) is reported through the status, never swallowed.
     """
     from care.data.lock import RUN_WAIT_S, data_lock
     from care.run import outputs as files
@@ -113,7 +113,7 @@ def run_training(params: Params, outputs, release: bool = True, wait_s: float = 
             return _run_locked(params, outputs, release, files)
 
 
-def _run_locked(params: Params, outputs, release: bool, files) -> dict:
+def _run_locked(params: Params, outputs, release: bool, files) -> RunResult:
     import uuid
     from datetime import datetime
     from pathlib import Path
@@ -149,20 +149,21 @@ def _run_locked(params: Params, outputs, release: bool, files) -> dict:
     if registration is not None:
         package = _output(run, "build_release", "release_package")
         registration, replaced = _install_and_stage(package.path, registration, params, files)
-    return {
-        "run": run.name,
-        "status": run.status.value,
-        "failed_steps": [name for name, s in run.steps.items() if s.status.value == "failed"],
-        "gate": gate,
-        "registration": registration,
-        "error": type(error).__name__ if error else None,
-        "interrupted": isinstance(error, KeyboardInterrupt),
-        "warnings": (detail or {}).get("warnings", []),
-        "replaced": replaced,
-    }
+    return RunResult(
+        run=run.name,
+        status=run.status.value,
+        failed_steps=[name for name, s in run.steps.items() if s.status.value == "failed"],
+        gate=gate,
+        registration=registration,
+        error=type(error).__name__ if error else None,
+        interrupted=isinstance(error, KeyboardInterrupt),
+        warnings=detail.warnings if detail is not None else [],
+        replaced=replaced,
+    )
 
 
-def _install_and_stage(package: str, registration: dict, params: Params, files) -> tuple[dict, str | None]:
+def _install_and_stage(package: str, registration: Registration, params: Params,
+                       files) -> tuple[Registration, str | None]:
     """Install the release, then stage the version (registry.stage_on_pass) while the install can still be undone.
 
     A version is kept in the registry only with its release installed: when the install or the staging fails,
@@ -171,7 +172,7 @@ def _install_and_stage(package: str, registration: dict, params: Params, files) 
     from care.errors import CareError
     from zenml_registry.client import promote_on_pass, retract_version
 
-    model, version = registration["model"], registration["version"]
+    model, version = registration.model, registration.version
     try:
         with files.installing_release(package, params.release.out) as installed:
             stage = promote_on_pass(version, model, params.registry.stage_on_pass)
@@ -187,4 +188,4 @@ def _install_and_stage(package: str, registration: dict, params: Params, files) 
             err.exit_code = exc.exit_code
             raise err from None
         raise
-    return {**registration, "stage": stage}, installed["replaced"]
+    return registration.model_copy(update={"stage": stage}), installed.replaced

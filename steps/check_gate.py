@@ -4,10 +4,11 @@ from typing import Annotated
 
 from zenml import step
 
-from care.evaluation.gate import evaluate_gate
 from care.params import GateParams
+from care.run.aggregate import check_gate as _check
+from care.run.documents import CvDetail, Gate
 
 
 @step(enable_cache=False)
-def check_gate(cv_detail: dict, gate: GateParams) -> Annotated[dict, "gate"]:
-    return evaluate_gate(cv_detail, gate)
+def check_gate(cv_detail: CvDetail, gate: GateParams) -> Annotated[Gate, "gate"]:
+    return _check(cv_detail, gate)

@@ -7,11 +7,13 @@ from zenml import step
 
 from care.params import RegistryParams
 from care.run.artifacts import ModelDir
+from care.run.documents import Gate, Registration
 from zenml_registry.client import register_package
 
 
 @step(enable_cache=False)
-def register_release(package: ModelDir, gate: dict, registry: RegistryParams) -> Annotated[dict, "registration"]:
-    """Uses the pipeline's Model(name=registry.model_name) version; returns {model, version, stage: None} (JSON)."""
-    version = register_package(package.path, registry.model_name, {"gate": gate})
-    return {"model": registry.model_name, "version": version, "stage": None}
+def register_release(package: ModelDir, gate: Gate,
+                     registry: RegistryParams) -> Annotated[Registration, "registration"]:
+    """Uses the pipeline's Model(name=registry.model_name) version; the driver stages it later."""
+    version = register_package(package.path, registry.model_name, {"gate": gate.as_json()})
+    return Registration(model=registry.model_name, version=version, stage=None)

@@ -8,21 +8,21 @@ import json
 
 from conftest import corpus_rows, write_jsonl_file
 
-from care.data.folds import plan_folds
 from care.params import Params
-from care.run.data import load_data, validate_data
+from care.run.aggregate import cv_detail
+from care.run.data import plan_folds, validate_data
+from care.run.documents import FoldScores
 from care.run.fold_eval import fold_metrics
-from care.run.report import cv_detail
 
 
 def _scored(test_ids, items, fold=0):
     """A stand-in for score_fold's result: the model predicts 3 everywhere (the baselines are under test)."""
     pred = {sid: {i: 3.0 for i in items} for sid in test_ids}
-    return {"fold": fold, "predictions": {"expected": pred, "greedy": pred}, "unparsed": {"expected": 0, "greedy": 0},
+    return FoldScores.model_validate({"fold": fold, "predictions": {"expected": pred, "greedy": pred}, "unparsed": {"expected": 0, "greedy": 0},
             "spread": {sid: {i: 1.0 for i in items} for sid in test_ids},
             "digit_mass": {"mean": 1.0, "min": 1.0}, "rationale_quality": None, "train": {"wall_s": 0.0},
             "examples": {"sessions": 1, "examples": 0, "score_only_fallback_sessions": 0},
-            "transcripts": {"sessions": len(test_ids), "truncated": 0, "mean_tokens": 100.0}}
+            "transcripts": {"sessions": len(test_ids), "truncated": 0, "mean_tokens": 100.0}})
 
 
 def test_fold_metrics_and_cv_json_carry_tfidf_and_helper_proxy(tmp_path):
@@ -36,21 +36,21 @@ def test_fold_metrics_and_cv_json_carry_tfidf_and_helper_proxy(tmp_path):
     p.cv.folds = 2
     p.eval.helper_proxy = {"detail": ["task", "bond"]}
     data = validate_data(p.data)
-    folds = plan_folds(*load_data(data), p.cv.folds, p.cv.seed)
+    folds = plan_folds(data, p.cv)
     items = [str(i) for i in range(1, 13)]
     results, scored = [], []
     for k in range(2):
-        s = _scored(folds["folds"][k]["sessions"], items, k)
+        s = _scored(folds.held_out(k), items, k)
         scored.append(s)
         results.append(fold_metrics(data, folds, k, p.eval, s))
     for r in results:
-        assert set(r["baselines"]) == {"counselor", "train_mean", "tfidf", "helper_proxy"}
-        proxy = r["baselines"]["helper_proxy"]
+        assert set(r.baselines) == {"counselor", "train_mean", "tfidf", "helper_proxy"}
+        proxy = r.baselines["helper_proxy"]
         assert set(proxy["dimensions"]) == {"goal", "task", "bond"}
         assert proxy["dimensions"]["goal"]["n"] == 0  # unmapped: absent, not invented
-        assert proxy["dimensions"]["task"]["n"] == len(folds["folds"][r["fold"]]["sessions"])
-        assert r["baselines"]["counselor"]["dimensions"]["task"]["n"] == 0
-    cv = cv_detail(data, results, scored, p.eval, p.cv, p.train)
+        assert proxy["dimensions"]["task"]["n"] == len(folds.held_out(r.fold))
+        assert r.baselines["counselor"]["dimensions"]["task"]["n"] == 0
+    cv = cv_detail(data, results, scored, p.eval, p.cv, p.train).as_json()
     assert json.loads(json.dumps(cv)) == cv
     assert cv["intervals"]["n_sessions"] == 40 and cv["intervals"]["calibration"]["levels"] == [80, 90]
     assert set(cv["baselines"]) == {"counselor", "train_mean", "tfidf", "helper_proxy"}
@@ -69,6 +69,6 @@ def test_text_baseline_can_be_switched_off(tmp_path):
     p.cv.folds = 2
     p.eval.text_baseline = False
     data = validate_data(p.data)
-    folds = plan_folds(*load_data(data), p.cv.folds, p.cv.seed)
-    r = fold_metrics(data, folds, 0, p.eval, _scored(folds["folds"][0]["sessions"], [str(i) for i in range(1, 13)]))
-    assert set(r["baselines"]) == {"counselor", "train_mean"}
+    folds = plan_folds(data, p.cv)
+    r = fold_metrics(data, folds, 0, p.eval, _scored(folds.held_out(0), [str(i) for i in range(1, 13)]))
+    assert set(r.baselines) == {"counselor", "train_mean"}

@@ -283,7 +283,7 @@ def test_property_the_trie_walk_allows_exactly_the_tokens_that_keep_a_quote_grou
 
 
 def test_the_folds_rationale_quality_is_pooled_per_mode():
-    from care.run.report import _rationale_summary
+    from care.run.aggregate import _rationale_summary
 
     def run(n_quotes, grounded, seconds, bleu):
         return {"n_pairs": 24, "bleu": bleu, "rouge_l_f": 0.3, "n_quotes": n_quotes, "n_quotes_grounded": grounded,

@@ -273,14 +273,16 @@ def test_register_inside_a_pipeline_uses_the_runs_model_version(zenml_store, tmp
     from zenml import Model, pipeline
 
     from care.params import RegistryParams
+    from care.run.documents import Gate
     from steps import register_release
     from zenml_registry.client import list_versions, register_package, show_version
 
     pkg = make_package(tmp_path / "p")
+    passed = Gate(passed=True, checks=[], failed=[], not_applied=[], loosened=[])
 
     @pipeline(model=Model(name="reg-pipe"), enable_cache=False)
     def tiny_release(package_dir: str):
-        register_release(package=built_package(package_dir=package_dir), gate={"passed": True, "checks": []},
+        register_release(package=built_package(package_dir=package_dir), gate=passed,
                          registry=RegistryParams(model_name="reg-pipe", stage_on_pass="staging"))
 
     run = tiny_release(package_dir=str(pkg))

@@ -18,6 +18,7 @@ from care.errors import CareError
 from care.release.manifest import verify_package, write_manifest
 from care.release.package import FORMAT
 from care.run import outputs as files
+from care.run.documents import Registration
 from zenml_env import zenml_store  # noqa: F401  (module-scoped fixture)
 
 pytestmark = pytest.mark.timeout(300)
@@ -37,7 +38,7 @@ def _files(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
 
 
-def _install(package: Path, out: Path) -> dict:
+def _install(package: Path, out: Path) -> files.Installed:
     with files.installing_release(package, out) as installed:
         return installed
 
@@ -45,12 +46,12 @@ def _install(package: Path, out: Path) -> dict:
 def test_an_unchanged_release_is_replaced_and_a_changed_one_moved_aside_never_deleted(tmp_path):
     out = tmp_path / "release"
     p1, p2, p3 = (_package(tmp_path / f"p{i}", str(i)) for i in (1, 2, 3))
-    assert _install(p1, out) == {"replaced": None}
-    assert _install(p2, out) == {"replaced": None} and _files(out) == _files(p2)  # p1 verified: replaced
+    assert _install(p1, out).replaced is None
+    assert _install(p2, out).replaced is None and _files(out) == _files(p2)  # p1 verified: replaced
     (out / "README.md").write_text("my notes on this release\n", "utf-8")  # no longer what the tool wrote
     (out / "extra.txt").write_text("keep me\n", "utf-8")
     changed = _files(out)
-    replaced = Path(_install(p3, out)["replaced"])
+    replaced = Path(_install(p3, out).replaced)
     assert _files(out) == _files(p3) and _files(replaced) == changed
     assert replaced.name.startswith("release.replaced-")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p1", "p2", "p3", "release", replaced.name]
@@ -97,19 +98,19 @@ def test_a_version_is_kept_only_with_its_release_installed(zenml_store, tmp_path
     model, out = "install-rollback", tmp_path / "release"
     params = _params(out, model)
 
-    def registered(tag: str) -> tuple[Path, dict]:
+    def registered(tag: str) -> tuple[Path, Registration]:
         package = _package(tmp_path / tag, tag)
-        return package, {"model": model, "version": register_package(package, model), "stage": None}
+        return package, Registration(model=model, version=register_package(package, model), stage=None)
 
     p1, r1 = registered("v1")
-    assert _install_and_stage(str(p1), r1, params, files) == ({**r1, "stage": "staging"}, None)
+    assert _install_and_stage(str(p1), r1, params, files) == (r1.model_copy(update={"stage": "staging"}), None)
     assert _stages(model) == {1: "staging"} and _files(out) == _files(p1)
 
     p2, r2 = registered("v2")  # the install fails: disk full
     real_copy = files.shutil.copyfile
     monkeypatch.setattr(files.shutil, "copyfile",
                         lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
-    with pytest.raises(CareError, match=f"cannot write .No space left on device.; version {r2['version']} of "
+    with pytest.raises(CareError, match=f"cannot write .No space left on device.; version {r2.version} of "
                                         "install-rollback was removed from the registry"):
         _install_and_stage(str(p2), r2, params, files)
     monkeypatch.setattr(files.shutil, "copyfile", real_copy)
@@ -121,12 +122,12 @@ def test_a_version_is_kept_only_with_its_release_installed(zenml_store, tmp_path
         raise CareError("another promotion holds the registry's promotion lock")
 
     monkeypatch.setattr(registry, "promote_on_pass", busy)
-    with pytest.raises(CareError, match=f"promotion lock; version {r3['version']} of install-rollback was removed"):
+    with pytest.raises(CareError, match=f"promotion lock; version {r3.version} of install-rollback was removed"):
         _install_and_stage(str(p3), r3, params, files)
     monkeypatch.undo()
     assert _stages(model) == {1: "staging"} and _files(out) == _files(p1)
 
     p4, r4 = registered("v4")
     _install_and_stage(str(p4), r4, params, files)
-    assert _stages(model) == {1: "archived", r4["version"]: "staging"} and _files(out) == _files(p4)
+    assert _stages(model) == {1: "archived", r4.version: "staging"} and _files(out) == _files(p4)
     verify_package(out)

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict
 from care.data.instrument import Instrument, load_instrument_verified
 from care.data.schema import Session
 from care.errors import CareError
-from care.params import DataParams
+from care.params import CvParams, DataParams
+from care.run.documents import FoldsPlan
 
 
 class DataRef(BaseModel):
@@ -147,7 +148,15 @@ def load_data(ref: DataRef) -> tuple[list[Session], Instrument]:
     return limited(parsed.sessions, ref.limit), instrument
 
 
-def split(sessions: list[Session], folds_doc: dict | None, k: int | None) -> tuple[list[Session], list[Session]]:
+def plan_folds(ref: DataRef, cv: CvParams) -> FoldsPlan:
+    """The run's client-grouped, stratified folds of the validated data (care.data.folds)."""
+    from care.data.folds import plan_folds as plan
+
+    sessions, instrument = load_data(ref)
+    return FoldsPlan.model_validate(plan(sessions, instrument, cv.folds, cv.seed))
+
+
+def split(sessions: list[Session], folds: FoldsPlan | None, k: int | None) -> tuple[list[Session], list[Session]]:
     """(training, held-out) sessions of fold `k`; every session trains when `k` is None (the final fit)."""
-    held = set() if k is None else set(folds_doc["folds"][k]["sessions"])
+    held = set() if k is None else set(folds.held_out(k))
     return [s for s in sessions if s.session_id not in held], [s for s in sessions if s.session_id in held]

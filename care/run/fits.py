@@ -17,6 +17,7 @@ from care.fsutil import atomic_write_json
 from care.params import FitParams
 from care.run.artifacts import ModelDir
 from care.run.data import DataRef, load_data, split
+from care.run.documents import FoldsPlan
 
 DONE = "done.json"
 ADAPTER = "model"
@@ -51,11 +52,11 @@ def fit_key(data: DataRef, fit: FitParams, train_ids: list[str], base: ModelDir)
     })[:24]
 
 
-def finetune_on(data: DataRef, folds_doc: dict | None, k: int | None, fit: FitParams, base: ModelDir,
+def finetune_on(data: DataRef, folds: FoldsPlan | None, k: int | None, fit: FitParams, base: ModelDir,
                 desc: str) -> ModelDir:
     """Fine-tune on every session outside fold `k` (all sessions when `k` is None)."""
     sessions, instrument = load_data(data)
-    train, _ = split(sessions, folds_doc, k)
+    train, _ = split(sessions, folds, k)
     key = fit_key(data, fit, [s.session_id for s in train], base)
     out_dir = cache_root() / "fits" / key
     if (out_dir / DONE).exists():

@@ -20,6 +20,7 @@ from care.errors import CareError
 from care.params import EvalParams, FitParams
 from care.run.artifacts import ModelDir
 from care.run.data import DataRef, load_data, split
+from care.run.documents import FoldMetrics, FoldScores, FoldsPlan
 from care.run.fits import builder, fit_record, load_fit
 
 READOUTS = ("expected", "greedy")
@@ -66,23 +67,23 @@ def _rationale_quality(model, tokenizer, build, test, eval: EvalParams, seed: in
     return out
 
 
-def score_fold(data: DataRef, folds_doc: dict, k: int, fit: FitParams, eval: EvalParams, model: ModelDir,
-               base: ModelDir, cv_seed: int) -> dict:
+def score_fold(data: DataRef, folds: FoldsPlan, k: int, fit: FitParams, eval: EvalParams, model: ModelDir,
+               base: ModelDir, cv_seed: int) -> FoldScores:
     """Item-level predictions for both readouts, unparsed counts, digit mass and rationale quality of fold `k`
     (plus the zero-shot base's predictions when `eval.zero_shot`)."""
-    held = folds_doc["folds"][k]["sessions"]
-    # interval levels are applied after scoring (care.run.report): changing them never rescores a fold
+    held = folds.held_out(k)
+    # interval levels are applied after scoring (care.run.aggregate): changing them never rescores a fold
     key = digest([model.key, k, held, data.sha256, eval.model_dump(mode="json", exclude={"interval_levels"}), cv_seed,
                   source_digest(*_SCORING_CODE)])[:24]
     cached = cache_root() / "scores" / f"{key}.json"
     if cached.exists():
-        return json.loads(cached.read_text("utf-8"))
+        return FoldScores.model_validate(json.loads(cached.read_text("utf-8")))
     from care.evaluation.intervals import distribution_sd
     from care.evaluation.readout import readout
     from care.evaluation.torch_scoring import score_sessions
 
     sessions, instrument = load_data(data)
-    _, test = split(sessions, folds_doc, k)
+    _, test = split(sessions, folds, k)
     record = fit_record(model)
     lm, tokenizer = load_fit(model, base)
     build = builder(fit, tokenizer, instrument)
@@ -117,11 +118,13 @@ def score_fold(data: DataRef, folds_doc: dict, k: int, fit: FitParams, eval: Eva
         zs_items, _, zs_unparsed = readout(zs, instrument, "expected")
         result["zero_shot"] = {"predictions": zs_items, "unparsed": zs_unparsed}
     # published once; when another run published this fold first, its (equal) entry is the one returned
-    published = publish_file(cached, (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    return json.loads(published.read_text("utf-8"))
+    scores = FoldScores.model_validate(result)
+    text = json.dumps(scores.as_json(), indent=2, ensure_ascii=False) + "\n"
+    published = publish_file(cached, text.encode("utf-8"))
+    return FoldScores.model_validate(json.loads(published.read_text("utf-8")))
 
 
-def fold_metrics(data: DataRef, folds_doc: dict, k: int, eval: EvalParams, scored: dict) -> dict:
+def fold_metrics(data: DataRef, folds: FoldsPlan, k: int, eval: EvalParams, scored: FoldScores) -> FoldMetrics:
     """Fold `k`'s metrics for the model (both readouts) and the baselines on the same sessions, and the
     fold's warnings (care.evaluation.diagnostics)."""
     from care.evaluation.baselines import baseline_results, client_items
@@ -129,30 +132,21 @@ def fold_metrics(data: DataRef, folds_doc: dict, k: int, eval: EvalParams, score
     from care.evaluation.metrics import evaluate
 
     sessions, instrument = load_data(data)
-    train, test = split(sessions, folds_doc, k)
+    train, test = split(sessions, folds, k)
     true = client_items(test)
-    readouts = {mode: evaluate(scored["predictions"][mode], true, instrument) for mode in READOUTS}
+    readouts = {mode: evaluate(scored.predictions[mode], true, instrument) for mode in READOUTS}
     baselines = baseline_results(train, test, instrument, eval.helper_proxy or None, text=eval.text_baseline)
-    if "zero_shot" in scored:
-        baselines["zero_shot"] = evaluate(scored["zero_shot"]["predictions"], true, instrument)
+    if scored.zero_shot is not None:
+        baselines["zero_shot"] = evaluate(scored.zero_shot.predictions, true, instrument)
     model = readouts[eval.readout]
-    spread = prediction_spread(scored["predictions"][eval.readout], instrument)
+    spread = prediction_spread(scored.predictions[eval.readout], instrument)
     warnings = warnings_for(
         f"fold {k}", dimensions=model["dimensions"], train_mean=baselines["train_mean"]["dimensions"],
-        digit_mass=scored["digit_mass"]["mean"], spread=spread, truncated=scored["transcripts"]["truncated"],
-        sessions=scored["transcripts"]["sessions"], thresholds=eval.warnings)
-    return {
-        "fold": k,
-        "model": model,
-        "prediction_sd": spread,
-        "transcripts": scored["transcripts"],
-        "warnings": warnings,
-        "readouts": readouts,
-        "baselines": baselines,
-        "unparsed": scored["unparsed"][eval.readout],
-        "unparsed_by_readout": scored["unparsed"],
-        "digit_mass": scored["digit_mass"],
-        "rationale_quality": scored["rationale_quality"],
-        "train": scored["train"],
-        "examples": scored["examples"],
-    }
+        digit_mass=scored.digit_mass.mean, spread=spread, truncated=scored.transcripts.truncated,
+        sessions=scored.transcripts.sessions, thresholds=eval.warnings)
+    return FoldMetrics(
+        fold=k, model=model, prediction_sd=spread, transcripts=scored.transcripts, warnings=warnings,
+        readouts=readouts, baselines=baselines, unparsed=scored.unparsed[eval.readout],
+        unparsed_by_readout=scored.unparsed, digit_mass=scored.digit_mass, rationale_quality=scored.rationale_quality,
+        train=scored.train, examples=scored.examples,
+    )

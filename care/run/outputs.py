@@ -22,6 +22,7 @@ from typing import Iterator
 
 from care.errors import CareError
 from care.fsutil import atomic_write_json, atomic_write_lines, cannot_write, check_writable, file_lock
+from care.run.documents import CvDetail, FoldsPlan, Gate
 
 LOCK_SUFFIX = ".care-lock"
 
@@ -38,25 +39,32 @@ class Outputs:
         return cls(Path(metrics).resolve(), Path(plots).resolve())
 
 
-def write_folds(out: Outputs, folds_doc: dict) -> None:
-    atomic_write_json(out.metrics / "folds.json", folds_doc)
+def write_folds(out: Outputs, folds: FoldsPlan) -> None:
+    atomic_write_json(out.metrics / "folds.json", folds.as_json())
 
 
-def write_cv(out: Outputs, detail: dict, rows: list[dict]) -> None:
+def write_cv(out: Outputs, detail: CvDetail, rows: list[dict]) -> None:
     """cv_detail.json, predictions.jsonl and the predicted-vs-client-rated plots."""
     from care.evaluation.plots import write_plots
 
-    atomic_write_json(out.metrics / "cv_detail.json", detail)
+    atomic_write_json(out.metrics / "cv_detail.json", detail.as_json())
     atomic_write_lines(out.metrics / "predictions.jsonl", [json.dumps(r, sort_keys=True) for r in rows])
     write_plots(rows, out.plots)
 
 
-def write_gate(out: Outputs, detail: dict, gate_doc: dict) -> None:
+def write_gate(out: Outputs, detail: CvDetail, gate: Gate) -> None:
     """gate.json and the summary cv.json (which carries the gate verdict)."""
-    from care.run.report import cv_summary
+    from care.run.aggregate import cv_summary
 
-    atomic_write_json(out.metrics / "gate.json", gate_doc)
-    atomic_write_json(out.metrics / "cv.json", cv_summary(detail, gate_doc))
+    atomic_write_json(out.metrics / "gate.json", gate.as_json())
+    atomic_write_json(out.metrics / "cv.json", cv_summary(detail, gate))
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What installing a release did to what `release.out` held: where a changed earlier release was moved."""
+
+    replaced: str | None
 
 
 def check_release_out(out: str | Path) -> None:
@@ -131,15 +139,15 @@ def _is_verified_package(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def installing_release(package_dir: str | Path, out: str | Path) -> Iterator[dict]:
+def installing_release(package_dir: str | Path, out: str | Path) -> Iterator[Installed]:
     """Install a verified release package at `out` for the block; it stays only when the block succeeds.
 
     What `out` held before: nothing, an empty directory or an earlier package that still verifies against its
     manifest is replaced (that package is a registered version's; it is deleted once the block succeeded). An
     earlier package whose files changed (or with files its manifest does not list) is moved aside to
-    `OUT.replaced-<time>` and kept; the yielded {"replaced": path or None} names it. Anything else is refused
-    before any work (`check_release_out`). When the block fails, the new package goes and what was there before
-    is put back. An OSError becomes one line naming `out`.
+    `OUT.replaced-<time>` and kept; the yielded `Installed.replaced` names it (None when nothing was kept).
+    Anything else is refused before any work (`check_release_out`). When the block fails, the new package goes
+    and what was there before is put back. An OSError becomes one line naming `out`.
     """
     from care.release.manifest import verify_package
 
@@ -170,7 +178,7 @@ def installing_release(package_dir: str | Path, out: str | Path) -> Iterator[dic
             raise cannot_write(out, exc) from None
         raise
     try:
-        yield {"replaced": str(kept) if kept else None}
+        yield Installed(str(kept) if kept else None)
     except BaseException:
         failed = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".failed", dir=out.parent))
         os.replace(out, failed / "package")

@@ -19,6 +19,7 @@ from care.params import Params
 from care.release.manifest import MANIFEST, sha256_file
 from care.run.artifacts import ModelDir
 from care.run.data import DataRef
+from care.run.documents import CvDetail, Gate
 from care.run.provenance import git_commit
 
 
@@ -56,11 +57,17 @@ def _signer() -> str | None:
     return hashlib.sha256(key.read_bytes()).hexdigest() if key is not None else None
 
 
-def release_metadata(params: Params, data: DataRef, base: ModelDir, instrument, cv: dict, gate: dict) -> dict:
+# what a package records of the cross-validation (besides a summary of its intervals)
+_CV_RECORDED = ("mean", "std", "baselines", "n_folds", "n_sessions", "unparsed", "readout", "targets",
+                "targets_requested", "score_only_fallback_share", "transcripts", "warnings", "rationale_quality")
+
+
+def release_metadata(params: Params, data: DataRef, base: ModelDir, instrument, cv: CvDetail, gate: Gate) -> dict:
     """What the package records besides its merge, export and parity results (numbers and ids only)."""
     from care.evaluation.intervals import summary as interval_summary
     from care.model.base_files import base_provenance
 
+    detail = cv.as_json()
     return {
         "data_version": data.version or f"sha256:{data.sha256}",
         # the bytes differ from what the .dvc file tracking them records (care.run.provenance)
@@ -76,11 +83,9 @@ def release_metadata(params: Params, data: DataRef, base: ModelDir, instrument, 
         "finetune": params.model.finetune,
         "targets": params.train.targets,
         "instrument": instrument.name,
-        "cv": {**{k: cv[k] for k in ("mean", "std", "baselines", "n_folds", "n_sessions", "unparsed", "readout",
-                                     "targets", "targets_requested", "score_only_fallback_share", "transcripts",
-                                     "warnings", "rationale_quality") if k in cv},
-               **({"intervals": interval_summary(cv["intervals"])} if cv.get("intervals") else {})},
-        "gate": gate,
+        "cv": {**{k: detail[k] for k in _CV_RECORDED},
+               **({"intervals": interval_summary(detail["intervals"])} if detail["intervals"] else {})},
+        "gate": gate.as_json(),
         "scoring": {"max_length": params.model.max_length, "reserve": params.model.target_tokens,
                     "context_policy": params.model.context_policy,
                     "languages": data.languages, "prompt_version": prompt_version(instrument),
@@ -89,7 +94,8 @@ def release_metadata(params: Params, data: DataRef, base: ModelDir, instrument, 
     }
 
 
-def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir, cv: dict, gate: dict) -> ModelDir:
+def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir, cv: CvDetail,
+                  gate: Gate) -> ModelDir:
     """Merge (LoRA) or copy (full) the final model, export ONNX, check parity, write the package.
 
     The gate is not checked again: the final fit packaged here exists only after it passed (`final_fit`).
@@ -112,7 +118,7 @@ def build_release(params: Params, data: DataRef, model: ModelDir, base: ModelDir
     return ModelDir(str(package), key=sha256_file(package / MANIFEST))
 
 
-def _build(params: Params, sessions, instrument, model: ModelDir, base: ModelDir, cv: dict, metadata: dict,
+def _build(params: Params, sessions, instrument, model: ModelDir, base: ModelDir, cv: CvDetail, metadata: dict,
            work: Path) -> None:
     from care.model.presets import load_tokenizer
     from care.release import build_package, check_parity, export_onnx, merge_adapter
@@ -137,7 +143,7 @@ def _build(params: Params, sessions, instrument, model: ModelDir, base: ModelDir
         build_package(work / "package", work / "onnx", None,
                       resolved_instrument(instrument, work / "instrument.yaml"),
                       {**metadata, "merge": merge, "export": export, "parity": parity},
-                      calibration=(cv.get("intervals") or {}).get("calibration"))
+                      calibration=(cv.intervals or {}).get("calibration"))
     finally:
         for name in ("merged", "onnx"):
             shutil.rmtree(work / name, ignore_errors=True)
