@@ -278,7 +278,6 @@ class _Recipe(_Section):
 class FitParams(_Recipe):
     """The sections that decide a fine-tuned model: what the fine-tune steps receive and its cache key hashes."""
 
-    data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     lora: LoraParams = LoraParams()
     train: TrainParams = TrainParams()
@@ -297,7 +296,7 @@ class Params(_Recipe):
 
     @property
     def fit(self) -> FitParams:
-        return FitParams(data=self.data, model=self.model, lora=self.lora, train=self.train, resolved=self.resolved)
+        return FitParams(model=self.model, lora=self.lora, train=self.train, resolved=self.resolved)
 
     def digest(self, *sections: str) -> str:
         """sha256 over the canonical JSON of the given sections (all when none are named)."""
