@@ -33,6 +33,7 @@ from care.release.model_card import model_card
 FORMAT = "care-release/1"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json")
+_SHOWN = 10  # problems of a scoring config named in the refusal
 
 
 class ScoringConfig(PromptConfig):
@@ -50,8 +51,9 @@ def scoring_config(section: Any, where: str) -> ScoringConfig:
     try:
         return ScoringConfig.model_validate(section)
     except ValidationError as exc:
+        errors = exc.errors(include_url=False)
         wrong = "; ".join(f"{label('.'.join(str(x) for x in e['loc']) or 'scoring')}: {e['msg']}"
-                          for e in exc.errors(include_url=False))
+                          for e in errors[:_SHOWN]) + (f"; {len(errors) - _SHOWN} more" if len(errors) > _SHOWN else "")
         raise CareError(f"{where}: scoring config: {wrong} (a package made by another version of care: rebuild "
                         "it)") from None
 
