@@ -170,10 +170,12 @@ def _corpus(args, settings, work: Path, env, left) -> dict:
     from bench_sessions import lengthen
 
     from care.model.presets import load_tokenizer
-    from care.model.prompts import PromptBuilder
+    from care.model.prompts import PromptBuilder, PromptConfig
+    from care.params import ModelParams
     from care.data.instrument import load_instrument
 
-    builder = PromptBuilder(load_tokenizer(work / "base"), load_instrument("wai-sr"), 8192, 128)
+    builder = PromptBuilder(load_tokenizer(work / "base"), load_instrument("wai-sr"),
+                            PromptConfig.from_params(ModelParams(max_length=8192, target_tokens=128)))
     plain, _ = generate(n_sessions=settings["speed_sessions"], language="zh", seed=41, mean_utterances=78)
     chars, mean = 20, 0.0
     for _ in range(2):  # scale the utterance length once from a first measurement

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from care.data.instrument import load_instrument
     from care.model.packing import pack_session, packed_loss, use_packed_attention
     from care.params import Params
-    from care.model.prompts import PromptBuilder, build_examples
+    from care.model.prompts import PromptBuilder, PromptConfig, build_examples
     from care.data.synth import generate
     from care.model.training import collate, finetune, target_loss
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     params = Params()
     base, _ = prepare_base(params)
     tok = load_tokenizer(base)
-    builder = PromptBuilder(tok, load_instrument("wai-sr"), params.model.max_length, params.model.target_tokens)
+    builder = PromptBuilder(tok, load_instrument("wai-sr"), PromptConfig.from_params(params.model))
     sessions, _ = generate(n_sessions=args.sessions, seed=3)
     examples, _ = build_examples(sessions, builder, "rationale")
     group = [e for e in examples if e.session_id == examples[0].session_id]

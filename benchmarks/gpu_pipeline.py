@@ -300,7 +300,7 @@ def _pipeline(run: Run, args) -> int:
 
     from care.data.instrument import load_instrument
     from care.model.presets import load_tokenizer
-    from care.model.prompts import PromptBuilder, item_block, render_transcript
+    from care.model.prompts import PromptBuilder, PromptConfig, item_block, render_transcript
     from care.params import Params
 
     from random_llama import llama_config, random_llama
@@ -338,8 +338,7 @@ def _pipeline(run: Run, args) -> int:
             if dev == "cuda":
                 torch.cuda.empty_cache()
         state["tokenizer"] = load_tokenizer(base)
-        state["builder"] = PromptBuilder(state["tokenizer"], instrument, params.model.max_length,
-                                         params.model.target_tokens, params.model.prompt_date)
+        state["builder"] = PromptBuilder(state["tokenizer"], instrument, PromptConfig.from_params(params.model))
         return {"parameters": total, "dtype": str(dtype).replace("torch.", ""), "reused": reused,
                 "base_bytes": sum(f.stat().st_size for f in base.iterdir())}
 
@@ -603,9 +602,8 @@ def _pipeline(run: Run, args) -> int:
         held, mean_prefix = _sessions(state["builder"], n, 41, utterances=settings["parity_utterances"])
         rel = params.release
         try:
-            result = check_parity(merged, onnx_dir, held, instrument, max_length=params.model.max_length,
-                                  reserve=params.model.target_tokens, max_logit_diff=rel.fp16_max_logit_diff,
-                                  max_score_diff=rel.fp16_max_score_diff, prompt_date=params.model.prompt_date,
+            result = check_parity(merged, onnx_dir, held, instrument, state["builder"].config,
+                                  max_logit_diff=rel.fp16_max_logit_diff, max_score_diff=rel.fp16_max_score_diff,
                                   device=ort_device, torch_device=dev)
             result["passed"] = True
         except CareError as exc:  # over the fp16 thresholds: the numbers are in the message

@@ -147,12 +147,11 @@ def _examples(base: Path, settings: dict):
     from care.data.instrument import load_instrument
     from care.data.synth import generate
     from care.model.presets import load_tokenizer
-    from care.model.prompts import PromptBuilder, build_examples
+    from care.model.prompts import PromptBuilder, PromptConfig, build_examples
     from bench_sessions import lengthen
 
     p = _params(base, [])
-    builder = PromptBuilder(load_tokenizer(base), load_instrument(p.data.instrument), p.model.max_length,
-                            p.model.target_tokens, p.model.prompt_date, p.model.context_policy)
+    builder = PromptBuilder(load_tokenizer(base), load_instrument(p.data.instrument), PromptConfig.from_params(p.model))
     plain, _ = generate(n_sessions=settings["sessions"], language="zh", seed=11, mean_utterances=78)
     mean = 0.0
     chars = 20

@@ -60,17 +60,18 @@ def _base(args, work: Path) -> Path:
     return Path(prepare_base(Params())[0])  # the shipped tiny base (dvc pull base.dvc)
 
 
-def _package(base: Path, work: Path, max_length: int, reserve: int) -> Path:
+def _package(base: Path, work: Path, config) -> Path:
     from care.data.instrument import instrument_path
     from care.release import build_package, export_onnx
+    from care.release.package import ScoringConfig
 
     pkg = work / "package"
     if not (pkg / "manifest.json").is_file():
         export_onnx(base, work / "onnx")
         build_package(pkg, work / "onnx", base, instrument_path("wai-sr"),
-                      {"base_model": str(base), "scoring": {"max_length": max_length, "reserve": reserve,
-                                                            "context_policy": "keep_end", "languages": ["zh"], "prompt_version": "1",
-                                                            "prompt_date": "2024-07-26"}})
+                      {"base_model": str(base), "scoring": ScoringConfig(
+                          **dict(config), languages=["zh"], prompt_version="1", readout="expected",
+                          grounded_quotes=True).model_dump(mode="json")})
     return pkg
 
 
@@ -105,19 +106,20 @@ def main() -> None:
     from care.data.instrument import load_instrument
     from care.release.onnx_runtime import default_threads, load_package
     from care.release.onnx_runtime import score_sessions as ort_score
-    from care.model.prompts import PromptBuilder
+    from care.model.prompts import PromptBuilder, PromptConfig
+    from care.params import ModelParams
     from care.evaluation.torch_scoring import score_sessions as torch_score
     from care.data.synth import generate
     from naive_generate import naive_scores
 
     threads = default_threads()
     torch.set_num_threads(threads)
-    reserve = 128
+    config = PromptConfig.from_params(ModelParams(max_length=args.max_length, target_tokens=128))
     base = _base(args, work)
-    pkg = load_package(_package(base, work, args.max_length, reserve), threads=threads)
+    pkg = load_package(_package(base, work, config), threads=threads)
     tok = load_tokenizer(base)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
-    builder = PromptBuilder(tok, load_instrument("wai-sr"), args.max_length, reserve)
+    builder = PromptBuilder(tok, load_instrument("wai-sr"), config)
     sessions, _ = generate(n_sessions=args.sessions, language="zh", seed=2026, mean_utterances=args.utterances)
     n = len(sessions)
     encs = [builder.encode(s) for s in sessions]

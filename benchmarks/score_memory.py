@@ -30,8 +30,10 @@ def tiny_package(work: Path) -> Path:
     (once per --work)."""
     from care.data.instrument import instrument_path
     from care.model.presets import prepare_base
+    from care.model.prompts import PromptConfig
     from care.params import load_params
     from care.release import build_package, export_onnx
+    from care.release.package import ScoringConfig
 
     params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
     pkg = work / "package"
@@ -39,11 +41,10 @@ def tiny_package(work: Path) -> Path:
         base = Path(prepare_base(params)[0])
         export_onnx(base, work / "onnx")
         build_package(pkg, work / "onnx", base, instrument_path("wai-sr"),
-                      {"base_model": "tiny", "scoring": {"max_length": params.model.max_length,
-                                                         "reserve": params.model.target_tokens,
-                                                         "context_policy": params.model.context_policy,
-                                                         "languages": ["zh", "en"], "prompt_version": "1",
-                                                         "prompt_date": params.model.prompt_date.isoformat()}})
+                      {"base_model": "tiny", "scoring": ScoringConfig(
+                          **dict(PromptConfig.from_params(params.model)), languages=["zh", "en"], prompt_version="1",
+                          readout=params.eval.readout, grounded_quotes=params.eval.grounded_quotes,
+                      ).model_dump(mode="json")})
     return pkg
 
 

@@ -52,7 +52,8 @@ def main() -> None:
     import torch
 
     from care.data.instrument import load_instrument
-    from care.model.prompts import PromptBuilder, item_block, render_transcript
+    from care.model.prompts import PromptBuilder, PromptConfig, item_block, render_transcript
+    from care.params import ModelParams
     from care.evaluation.torch_scoring import score_sessions
     from care.model.tiny import random_model, train_tokenizer
 
@@ -63,7 +64,7 @@ def main() -> None:
     corpus = [render_transcript(s) for s in sessions]
     corpus += [item_block(instrument, i, "zh") for i in instrument.item_ids] + ["0123456789\n"] * 10
     tokenizer = train_tokenizer(corpus, vocab_size=2048)
-    builder = PromptBuilder(tokenizer, instrument, max_length=4096, reserve=128)
+    builder = PromptBuilder(tokenizer, instrument, PromptConfig.from_params(ModelParams(max_length=4096, target_tokens=128)))
     model = random_model(tokenizer)  # the tiny preset's default shape: 2 layers, hidden 128
     if not args.no_digit_bias:
         head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)

@@ -118,10 +118,12 @@ def _examples(base: Path, tokens: int):
     from care.data.instrument import load_instrument
     from care.data.synth import generate
     from care.model.presets import load_tokenizer
-    from care.model.prompts import PromptBuilder, build_examples
+    from care.model.prompts import PromptBuilder, PromptConfig, build_examples
+    from care.params import ModelParams
     from bench_sessions import lengthen
 
-    builder = PromptBuilder(load_tokenizer(base), load_instrument("wai-sr"), 4096, 128)
+    builder = PromptBuilder(load_tokenizer(base), load_instrument("wai-sr"),
+                            PromptConfig.from_params(ModelParams(max_length=4096, target_tokens=128)))
     plain, _ = generate(n_sessions=8, language="zh", seed=11, mean_utterances=78)
     chars, mean = 20, 0.0
     for _ in range(2):

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from care.data.instrument import load_instrument
     from care.data.synth import generate
-    from care.model.prompts import item_block, render_transcript
+    from care.model.prompts import PromptConfig, item_block, render_transcript
     from care.model.tiny import train_tokenizer
     from care.params import Params
     from care.release import check_parity, export_onnx
@@ -72,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         params = Params()
         rel = params.release
         short, _ = generate(n_sessions=1, language="zh", seed=31, mean_utterances=10)
-        parity = check_parity(merged, onnx_dir, short, instrument, max_length=1024, reserve=64,
+        config = PromptConfig.from_params(params.model.model_copy(update={"max_length": 1024, "target_tokens": 64}))
+        parity = check_parity(merged, onnx_dir, short, instrument, config,
                               max_logit_diff=rel.fp16_max_logit_diff if args.dtype == "fp16" else rel.max_logit_diff,
                               max_score_diff=rel.fp16_max_score_diff if args.dtype == "fp16" else rel.max_score_diff,
-                              prompt_date=params.model.prompt_date, device="cpu", torch_device=args.device)
+                              device="cpu", torch_device=args.device)
         figures["stages"]["parity"] = {"seconds": round(time.perf_counter() - t, 1), **parity}
         _line("parity", figures["stages"]["parity"])
     except Exception as exc:  # noqa: BLE001 - the figures say what failed

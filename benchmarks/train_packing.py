@@ -38,7 +38,7 @@ def cpu_layout(args) -> dict:
     from care.model.presets import load_tokenizer, prepare_base
     from care.data.instrument import load_instrument
     from care.params import Params
-    from care.model.prompts import PromptBuilder, build_examples
+    from care.model.prompts import PromptBuilder, PromptConfig, build_examples
     from care.data.synth import generate
     from care.model.training import finetune
     from bench_sessions import lengthen
@@ -52,8 +52,8 @@ def cpu_layout(args) -> dict:
     sessions, _ = generate(n_sessions=args.sessions, seed=1, mean_utterances=args.utterances)
     sessions = lengthen(sessions, args.utterances, args.chars, seed=1)
     base, _ = prepare_base(params)
-    builder = PromptBuilder(load_tokenizer(base), load_instrument(params.data.instrument), params.model.max_length,
-                            params.model.target_tokens)
+    builder = PromptBuilder(load_tokenizer(base), load_instrument(params.data.instrument),
+                            PromptConfig.from_params(params.model))
     examples, ex_stats = build_examples(sessions, builder, "rationale")
     prefix_tokens = sum(len(builder.encode(s).prefix) for s in sessions) / len(sessions)
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from care.model.presets import load_tokenizer, prepare_base
     from care.data.instrument import load_instrument
     from care.params import Params
-    from care.model.prompts import PromptBuilder, build_examples
+    from care.model.prompts import PromptBuilder, PromptConfig, build_examples
     from care.data.synth import generate
     from care.model.training import finetune
 
@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     base, _ = prepare_base(params)
     base_s = time.perf_counter() - t0
     tokenizer = load_tokenizer(base)
-    builder = PromptBuilder(tokenizer, load_instrument(params.data.instrument), params.model.max_length,
-                            params.model.target_tokens)
+    builder = PromptBuilder(tokenizer, load_instrument(params.data.instrument), PromptConfig.from_params(params.model))
     examples, _ = build_examples(sessions, builder, args.targets)
     with tempfile.TemporaryDirectory() as tmp:
         stats = finetune(base, examples, params, Path(tmp) / "out", desc="bench")

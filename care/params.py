@@ -104,6 +104,10 @@ class TinyBaseParams(_Section):
 
 
 Auto = Literal["auto"]  # resolved from the preset's recipe when params are loaded (care.model.recipe)
+# a transcript longer than the context: keep_end keeps its end (drops whole turns from the start);
+# keep_start_end keeps the opening and the end, dropping turns in the middle (care.model.prompts)
+ContextPolicy = Literal["keep_end", "keep_start_end"]
+Readout = Literal["expected", "greedy"]  # expected: the probability-weighted score; greedy: the answer token
 
 
 class ModelParams(_Section):
@@ -111,9 +115,7 @@ class ModelParams(_Section):
     base: str | None = None  # hub id or local path for the real presets (default: the preset's hub id)
     finetune: Literal["auto", "lora", "full"] = "auto"  # auto: the preset's recipe (tiny full, real presets lora)
     max_length: Count | Auto = "auto"  # context in tokens; auto: tiny 1024, real presets 8192 (the paper's)
-    # a transcript longer than the context: keep_end keeps its end (drops whole turns from the start);
-    # keep_start_end keeps the opening and the end, dropping turns in the middle (care.model.prompts)
-    context_policy: Literal["keep_end", "keep_start_end"] = "keep_end"
+    context_policy: ContextPolicy = "keep_end"
     target_tokens: Count = 128  # room kept after each prompt for the target (score + rationale); longer is clipped
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # None: off for tiny; for the real presets decided by memory when training starts (care.model.memory): off
@@ -190,7 +192,7 @@ class WarningParams(_Section):
 
 
 class EvalParams(_Section):
-    readout: Literal["expected", "greedy"] = "expected"
+    readout: Readout = "expected"
     zero_shot: bool = True
     rationale_sample: Annotated[int, Field(ge=0)] = 24
     rationale_max_new_tokens: Count = 96
@@ -276,7 +278,6 @@ class _Recipe(_Section):
 class FitParams(_Recipe):
     """The sections that decide a fine-tuned model: what the fine-tune steps receive and its cache key hashes."""
 
-    data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     lora: LoraParams = LoraParams()
     train: TrainParams = TrainParams()
@@ -295,7 +296,7 @@ class Params(_Recipe):
 
     @property
     def fit(self) -> FitParams:
-        return FitParams(data=self.data, model=self.model, lora=self.lora, train=self.train, resolved=self.resolved)
+        return FitParams(model=self.model, lora=self.lora, train=self.train, resolved=self.resolved)
 
     def digest(self, *sections: str) -> str:
         """sha256 over the canonical JSON of the given sections (all when none are named)."""

@@ -89,3 +89,22 @@ def test_care_sub_packages_follow_the_data_path():
 
 def test_care_top_level_modules_are_the_core_modules():
     assert {p.stem for p in (ROOT / "care").glob("*.py")} - {"__init__"} == CORE
+
+
+REGISTRY_MODULES = {  # zenml_registry's modules -> the modules of it they may import (no cycle: client on top)
+    "storage": set(),  # content-addressed package storage in the artifact store, verified fetch
+    "lock": set(),  # the promotion lock (a ZenML tag)
+    "client": {"storage", "lock"},  # register, promote, list, show, pull
+}
+
+
+def test_registry_modules_are_listed_and_layered():
+    root = ROOT / "zenml_registry"
+    assert {p.stem for p in root.glob("*.py")} - {"__init__"} == set(REGISTRY_MODULES)
+    for module, allowed in REGISTRY_MODULES.items():
+        tree = ast.parse((root / f"{module}.py").read_bytes())
+        used = {n.split(".")[1] for node in ast.walk(tree)
+                for n in ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                          [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+                if n.startswith("zenml_registry.")}
+        assert used <= allowed, f"zenml_registry.{module} imports {sorted(used - allowed)}"

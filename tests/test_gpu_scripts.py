@@ -114,8 +114,9 @@ def test_a_small_tied_model_exports_with_one_copy_of_its_embedding(tmp_path):
 
     from care.data.instrument import load_instrument
     from care.data.synth import generate
-    from care.model.prompts import item_block, render_transcript
+    from care.model.prompts import PromptConfig, item_block, render_transcript
     from care.model.tiny import train_tokenizer
+    from care.params import ModelParams
     from care.release import check_parity, export_onnx
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -137,6 +138,7 @@ def test_a_small_tied_model_exports_with_one_copy_of_its_embedding(tmp_path):
     copies = sum(1 for t in graph.graph.initializer if tuple(t.dims) in (embedding.shape, embedding.shape[::-1])
                  and (np.allclose(a := numpy_helper.to_array(t), embedding) or np.allclose(a.T, embedding)))
     assert copies == 1
-    parity = check_parity(tmp_path / "merged", tmp_path / "onnx", sessions[:1], instrument, max_length=1024,
-                          reserve=64, max_logit_diff=1e-3, max_score_diff=1e-3, prompt_date=date(2024, 7, 26))
+    config = PromptConfig.from_params(ModelParams(max_length=1024, target_tokens=64, prompt_date=date(2024, 7, 26)))
+    parity = check_parity(tmp_path / "merged", tmp_path / "onnx", sessions[:1], instrument, config,
+                          max_logit_diff=1e-3, max_score_diff=1e-3)
     assert parity["max_logit_diff"] < 1e-3

@@ -16,7 +16,8 @@ from care.evaluation import readout
 from care.evaluation.grounding import (QuoteGuide, TranscriptIndex, find_quotes, locate, locate_quotes,
                                        single_char_marks, token_bytes)
 from care.evaluation.rationale_quality import rationale_quality
-from care.model.prompts import PromptBuilder, item_block
+from care.model.prompts import PromptBuilder, PromptConfig, item_block
+from care.params import ModelParams
 
 ZH = "我你他的了是在有不这个们来到时大工作压力睡觉焦虑沟通领导家人朋友感觉咨询师很好吗，。！？"
 EN = "abcdefghijklmnopqrstuvwxyz ABCIT,.!?'"
@@ -230,7 +231,8 @@ _BUILDERS: dict[int, PromptBuilder] = {}
 
 def _score(tok, sessions, seed, bias, grounded, shared=True):
     if id(tok) not in _BUILDERS:
-        _BUILDERS[id(tok)] = PromptBuilder(tok, load_instrument("wai-sr"), max_length=4096, reserve=64)
+        _BUILDERS[id(tok)] = PromptBuilder(tok, load_instrument("wai-sr"),
+                                             PromptConfig.from_params(ModelParams(max_length=4096, target_tokens=64)))
     builder = _BUILDERS[id(tok)]
     return readout.score_sessions(RandomBackend(tok, seed, bias), builder, sessions, eos_ids=[tok.eos_token_id],
                                   batch_size=5, rationales=True, max_new_tokens=24, shared_cache=shared,

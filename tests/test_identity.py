@@ -203,14 +203,16 @@ def _sessions(texts: list[str]) -> tuple[Session, Session]:
 
 @pytest.mark.parametrize("preset", ["tiny", "llama-3.1", "qwen2.5"])
 def test_control_token_look_alikes_in_client_text_stay_plain_text(tokenizers, preset):
-    from care.model.prompts import PromptBuilder
+    from care.model.prompts import PromptBuilder, PromptConfig
+    from care.params import ModelParams
 
     hf, packaged = tokenizers[preset]
     specials = _look_alikes(hf)
     added = set(hf.backend_tokenizer.get_added_tokens_decoder())
     assert len(specials) >= (3 if preset == "tiny" else 14)
     dirty, clean = _sessions(specials)
-    builders = [PromptBuilder(t, INSTRUMENT, 1 << 17, 64) for t in (hf, packaged)]  # every look-alike, untruncated
+    untruncated = PromptConfig.from_params(ModelParams(max_length=1 << 17, target_tokens=64))  # every look-alike
+    builders = [PromptBuilder(t, INSTRUMENT, untruncated) for t in (hf, packaged)]
     enc = [b.encode(dirty) for b in builders]
     assert enc[0].prefix == enc[1].prefix and not enc[0].truncated  # training and `care score` agree
     controls = Counter(i for i in enc[0].prefix if i in added)
@@ -225,12 +227,13 @@ def test_control_token_look_alikes_in_client_text_stay_plain_text(tokenizers, pr
 
 @pytest.mark.parametrize("preset", ["tiny", "llama-3.1", "qwen2.5"])
 def test_clean_text_keeps_exactly_its_ids(tokenizers, preset):
-    from care.model.prompts import PromptBuilder, _render, item_block, render_transcript
+    from care.model.prompts import PromptBuilder, PromptConfig, _render, item_block, render_transcript
+    from care.params import ModelParams
 
     hf, _ = tokenizers[preset]
     session = Session.model_validate(corpus_rows(1, n_turns=8)[0])
-    builder = PromptBuilder(hf, INSTRUMENT, 8192, 64)
+    builder = PromptBuilder(hf, INSTRUMENT, PromptConfig.from_params(ModelParams(max_length=8192, target_tokens=64)))
     texts = INSTRUMENT.prompt_texts(session.language)
     prefix = _render(hf, texts, render_transcript(session, texts), item_block(INSTRUMENT, "1", "zh"),
-                     builder.prompt_date)[0]
+                     builder.config.prompt_date)[0]
     assert builder.encode(session).prefix == hf(prefix, add_special_tokens=False)["input_ids"]

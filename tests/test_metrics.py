@@ -18,7 +18,7 @@ from care.evaluation.baselines import (
 )
 from care.data.instrument import load_instrument
 from care.evaluation.metrics import aggregate, cv_document, evaluate, score_metrics
-from care.evaluation.plots import PNG_NAME, predictions_rows, write_plots, write_predictions
+from care.evaluation.plots import PNG_NAME, predictions_rows, write_plots
 from care.data.schema import Session
 
 INSTRUMENT = load_instrument("wai-sr")
@@ -180,8 +180,6 @@ def test_predictions_rows_and_plots(tmp_path):
     assert rows[3]["fold"] == 1 and rows[3]["dimensions"]["pred"]["task"] is None
     assert rows[0]["dimensions"]["true"]["goal"] == pytest.approx(np.mean([true["s0"][i] for i in BY_DIM["goal"]]))
     assert set(rows[0]) == {"session_id", "fold", "items", "dimensions"}
-    path = write_predictions(rows, tmp_path / "predictions.jsonl")
-    assert len(path.read_text().splitlines()) == 9
     paths = write_plots(rows, tmp_path / "plots")
     png = paths["png"]
     assert png.name == PNG_NAME and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

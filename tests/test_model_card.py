@@ -13,8 +13,8 @@ def _m(r, mse):
 
 def _metadata(r: float, targets: str, warnings=()):
     return {
-        "scoring": {"max_length": 1024, "reserve": 64, "languages": ["en"], "prompt_version": "abc",
-                    "prompt_date": "2024-07-26"},
+        "scoring": {"max_length": 1024, "target_tokens": 64, "context_policy": "keep_end", "languages": ["en"],
+                    "prompt_version": "abc", "prompt_date": "2024-07-26", "readout": "expected", "grounded_quotes": True},
         "data_version": "sha256:" + "0" * 64, "data_path": "/elsewhere/sessions.jsonl", "data_sha256": "0" * 64,
         "n_sessions": 200, "targets": targets,
         "gate": {"passed": True, "not_applied": [{"check": "bond.pearson > counselor.bond.pearson",

@@ -34,3 +34,17 @@ def test_train_refuses_bad_params_before_any_work(run_cli, tmp_path):
     result = run_cli("train", "--params", "params.ci.yaml", "--set", "train.lr=nan", "--metrics-dir", str(tmp_path / "m"))
     assert result.exit_code == 2 and "train.lr" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "m").exists()
+
+
+def test_the_literal_choices_are_what_the_code_knows():
+    """model.preset and model.context_policy are checked only by their Literal: each choice must be one the
+    code handles (care.model.presets.PRESETS; care.model.prompts keeps the end unless keep_start_end)."""
+    from typing import get_args
+
+    from care.model.presets import PRESETS
+    from care.model.prompts import PromptConfig
+    from care.params import ContextPolicy, ModelParams
+
+    assert set(get_args(ModelParams.model_fields["preset"].annotation)) == set(PRESETS)
+    assert set(get_args(ContextPolicy)) == {"keep_end", "keep_start_end"}
+    assert PromptConfig.model_fields["context_policy"].annotation == ModelParams.model_fields["context_policy"].annotation

@@ -13,7 +13,8 @@ from conftest import corpus_rows
 
 from care.data.instrument import load_instrument
 from care.data.schema import Session
-from care.model.prompts import PromptBuilder
+from care.model.prompts import PromptBuilder, PromptConfig
+from care.params import ModelParams
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
 SPECIALS = {
@@ -22,6 +23,12 @@ SPECIALS = {
     "qwen2.5": {"bos_token": None, "eos_token": "<|im_end|>", "extra": ["<|im_start|>", "<|endoftext|>"]},
 }
 DAYS = (datetime(2026, 3, 1, 9), datetime(2026, 12, 24, 23))
+
+
+def _config(prompt_date: date | None = None) -> PromptConfig:
+    """A 1024-token context, 32 target tokens, and `prompt_date` (None: the params' default)."""
+    dated = {} if prompt_date is None else {"prompt_date": prompt_date}
+    return PromptConfig.from_params(ModelParams(max_length=1024, target_tokens=32, **dated))
 
 
 def _tokenizer(preset: str, tmp_path: Path):
@@ -78,7 +85,7 @@ def test_the_real_templates_give_the_same_ids_on_two_days(preset, tmp_path, monk
         _on(day, monkeypatch)
         raw.append(hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         for tok, out in ((hf, pinned), (PackageTokenizer(saved), packaged)):
-            enc = PromptBuilder(tok, instrument, 1024, 32, date(2024, 7, 26)).encode(session)
+            enc = PromptBuilder(tok, instrument, _config(date(2024, 7, 26))).encode(session)
             out.append((enc.prefix, enc.items))
     if preset == "llama-3.1":  # the template really reads the day: unpinned renders differ
         assert raw[0] != raw[1] and "01 Mar 2026" in raw[0] and "24 Dec 2026" in raw[1]
@@ -88,12 +95,10 @@ def test_the_real_templates_give_the_same_ids_on_two_days(preset, tmp_path, monk
 
 
 def test_the_pinned_date_is_a_param_and_changes_the_prompt(tmp_path):
-    from care.params import ModelParams
-
     hf, _ = _tokenizer("llama-3.1", tmp_path)
     session = Session.model_validate(corpus_rows(1, n_turns=6)[0])
     instrument = load_instrument("wai-sr")
-    default = PromptBuilder(hf, instrument, 1024, 32).encode(session)
-    assert PromptBuilder(hf, instrument, 1024, 32, ModelParams().prompt_date).encode(session) == default
-    other = PromptBuilder(hf, instrument, 1024, 32, date(2025, 1, 2)).encode(session)
+    default = PromptBuilder(hf, instrument, _config()).encode(session)
+    assert PromptBuilder(hf, instrument, _config(ModelParams().prompt_date)).encode(session) == default
+    other = PromptBuilder(hf, instrument, _config(date(2025, 1, 2))).encode(session)
     assert other.prefix != default.prefix and "Today Date: 02 Jan 2025" in hf.decode(other.prefix)

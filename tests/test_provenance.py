@@ -73,8 +73,9 @@ def test_a_dirty_run_says_so_in_its_data_ref_card_and_registry_metadata(repo):
     assert ref.dirty is True and ref.version == f"sha256:{ref.sha256}" and ref.dvc_md5 == _recorded(repo)
     meta = {"data_version": ref.version, "data_dirty": ref.dirty, "data_dvc_md5": ref.dvc_md5,
             "data_path": ref.path, "data_sha256": ref.sha256, "n_sessions": ref.n_sessions,
-            "scoring": {"max_length": 1024, "reserve": 64, "languages": ["zh"], "prompt_version": "abc",
-                        "prompt_date": "2024-07-26"}, "gate": {"passed": True}, "cv": {"mean": {}}}
+            "scoring": {"max_length": 1024, "target_tokens": 64, "context_policy": "keep_end", "languages": ["zh"],
+                        "prompt_version": "abc", "prompt_date": "2024-07-26", "readout": "expected",
+                        "grounded_quotes": True}, "gate": {"passed": True}, "cv": {"mean": {}}}
     card = model_card(meta, load_instrument("wai-sr"))
     assert "Data not as recorded" in card and ref.dvc_md5 in card and ref.version in card
     kept = registry_metadata({"metadata": meta})

@@ -199,14 +199,15 @@ def test_the_lock_waits_then_refuses_and_a_crashed_holders_lock_is_taken_over(ze
 
     import zenml_registry.client as registry
     from care.errors import CareError
+    from zenml_registry.lock import _lock_name, promotion_lock
 
     model = "race-lock"
     v1 = _register(tmp_path, model, "1", _metrics(0.5, 0.5))
     client = zenml_store.client
-    lock = client.create_tag(name=registry._lock_name(model))  # another promotion holds it
+    lock = client.create_tag(name=_lock_name(model))  # another promotion holds it
     started = time.monotonic()
     with pytest.raises(CareError, match="another promotion holds the registry's promotion lock"):
-        with registry.promotion_lock(client, model, wait_s=0.5):
+        with promotion_lock(client, model, wait_s=0.5):
             pass
     assert time.monotonic() - started >= 0.5  # it waited its wait_s before refusing
     assert registry.show_version(model, version=v1)["stage"] is None
@@ -218,4 +219,4 @@ def test_the_lock_waits_then_refuses_and_a_crashed_holders_lock_is_taken_over(ze
     registry.promote(v1, "production", model)
     assert _production(model) == [v1]
     with pytest.raises(KeyError):
-        client.get_tag(registry._lock_name(model), allow_name_prefix_match=False)  # released after use
+        client.get_tag(_lock_name(model), allow_name_prefix_match=False)  # released after use

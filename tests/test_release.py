@@ -14,10 +14,10 @@ import pytest
 
 from conftest import corpus_rows
 
+from care.model.prompts import PromptConfig
 from care.params import ModelParams
 
-MAX_LENGTH, RESERVE = 1024, 32
-PROMPT_DATE = ModelParams().prompt_date
+PROMPT = PromptConfig.from_params(ModelParams(max_length=1024, target_tokens=32))
 _BUILT: dict[str, dict] = {}
 
 
@@ -63,12 +63,12 @@ def build_tiny_release(root: Path) -> dict:
     from care.model.prompts import PromptBuilder
 
     held = _sessions(2, seed=9)
-    builder = PromptBuilder(tok, inst, MAX_LENGTH, RESERVE)
+    builder = PromptBuilder(tok, inst, PROMPT)
     check_inputs = [(e := builder.encode(s)).prefix + e.items["1"] for s in held]
     merge = merge_adapter(base_dir, adapter_dir, root / "merged", check_inputs, max_diff=1e-4)
     export = export_onnx(root / "merged", root / "onnx")
-    parity = check_parity(root / "merged", root / "onnx", held, inst, max_length=MAX_LENGTH, reserve=RESERVE,
-                          max_logit_diff=1e-4, max_score_diff=1e-4, prompt_date=PROMPT_DATE)
+    parity = check_parity(root / "merged", root / "onnx", held, inst, PROMPT, max_logit_diff=1e-4,
+                          max_score_diff=1e-4)
     metadata = {
         "data_version": "test", "git_commit": "0" * 40, "params_digest": "f" * 64, "base_model": "tiny-random",
         "finetune": "lora",
@@ -76,8 +76,8 @@ def build_tiny_release(root: Path) -> dict:
                "std": {"goal": {"pearson": 0.05}},
                "baselines": {"counselor": {"goal": {"pearson": 0.2, "mse": 1.3}}}},
         "gate": {"passed": True}, "merge": merge, "export": export, "parity": parity,
-        "scoring": {"max_length": MAX_LENGTH, "reserve": RESERVE, "context_policy": "keep_end", "languages": ["zh", "en"], "prompt_version": "1",
-                    "prompt_date": PROMPT_DATE.isoformat(), "readout": "expected"},
+        "scoring": {**PROMPT.model_dump(mode="json"), "languages": ["zh", "en"], "prompt_version": "1",
+                    "readout": "expected", "grounded_quotes": True},
     }
     build_package(root / "package", root / "onnx", None, instrument_path("wai-sr"), metadata,
                   calibration=synthetic_calibration(inst))
@@ -154,8 +154,8 @@ def test_parity_over_threshold_fails_with_numbers(rel):
     from care.release import check_parity
 
     with pytest.raises(CareError, match=r"logit difference [0-9.e-]+ > -1"):
-        check_parity(rel["merged"], rel["root"] / "onnx", rel["held"][:1], rel["instrument"], max_length=MAX_LENGTH,
-                     reserve=RESERVE, max_logit_diff=-1, max_score_diff=1, prompt_date=PROMPT_DATE)
+        check_parity(rel["merged"], rel["root"] / "onnx", rel["held"][:1], rel["instrument"], PROMPT,
+                     max_logit_diff=-1, max_score_diff=1)
 
 
 def test_package_contents_and_manifest(rel):
@@ -165,7 +165,7 @@ def test_package_contents_and_manifest(rel):
     manifest = verify_package(pkg)
     assert {"model.onnx", "tokenizer.json", "instrument.yaml", "README.md", "config.json",
             "calibration.json"} <= set(manifest["files"])
-    assert manifest["scoring"]["max_length"] == MAX_LENGTH and manifest["format"] == "care-release/1"
+    assert manifest["scoring"]["max_length"] == PROMPT.max_length and manifest["format"] == "care-release/1"
     card = (pkg / "README.md").read_text("utf-8")
     assert "never use it to make decisions" in card and "not** a diagnosis" in card
     assert "| this model |" in card and "baseline: counselor" in card and "lateness" in card
@@ -206,8 +206,8 @@ def test_package_tokenizer_matches_transformers(rel, language):
             hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
     assert pt.eos_token_id == hf.eos_token_id and pt.pad_token_id == hf.pad_token_id and len(pt) == len(hf)
     session = _sessions(1, seed=2, language=language)[0]
-    a = PromptBuilder(pt, rel["instrument"], MAX_LENGTH, RESERVE).encode(session)
-    b = PromptBuilder(hf, rel["instrument"], MAX_LENGTH, RESERVE).encode(session)
+    a = PromptBuilder(pt, rel["instrument"], PROMPT).encode(session)
+    b = PromptBuilder(hf, rel["instrument"], PROMPT).encode(session)
     assert a.prefix == b.prefix and a.items == b.items
     ids = a.prefix[:50] + [hf.eos_token_id]
     assert pt.decode(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True)

@@ -95,13 +95,14 @@ def test_folds_and_gate_follow_a_single_dimension(tmp_path):
 @pytest.fixture(scope="module")
 def letters(tmp_path_factory):
     """A 0-10 instrument answered A-K, a small tokenizer and a random model for it."""
-    from care.model.prompts import PromptBuilder, item_block
+    from care.model.prompts import PromptBuilder, PromptConfig, item_block
+    from care.params import ModelParams
     from care.model.tiny import random_model, train_tokenizer
 
     inst = _load(tmp_path_factory.mktemp("inst"), _doc(range(0, 11), ELEVEN, dims=("goal", "bond"), loose=1))
     texts = [item_block(inst, i, "en") for i in inst.item_ids] + ["Counselor: how are you\nClient: fine thanks"] * 5
     tok = train_tokenizer(texts * 3, 400)
-    builder = PromptBuilder(tok, inst, max_length=512, reserve=16)
+    builder = PromptBuilder(tok, inst, PromptConfig.from_params(ModelParams(max_length=512, target_tokens=16)))
     model = random_model(tok, hidden_size=32, intermediate_size=64, layers=1, heads=2, max_position=512, seed=2)
     return inst, tok, builder, model
 
@@ -138,9 +139,10 @@ def test_a_0_to_10_scale_is_read_from_one_answer_token_per_point(letters):
 
 
 def test_tokenizer_that_cannot_read_a_scale_is_refused_by_name(letters):
-    from care.model.prompts import PromptBuilder
+    from care.model.prompts import PromptBuilder, PromptConfig
+    from care.params import ModelParams
 
     inst, tok, _, _ = letters
     two_digit = inst.model_copy(update={"scale": inst.scale.model_copy(update={"answers": {**ELEVEN, 10: "Ka"}})})
     with pytest.raises(CareError, match=r"does not encode the answer 'Ka' of scale point 10 as one token"):
-        PromptBuilder(tok, two_digit, max_length=512, reserve=16)
+        PromptBuilder(tok, two_digit, PromptConfig.from_params(ModelParams(max_length=512, target_tokens=16)))

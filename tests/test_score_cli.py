@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import corpus_rows, session_dict, write_jsonl_file
-from test_release import MAX_LENGTH, RESERVE, build_tiny_release
+from test_release import PROMPT, build_tiny_release
 
 MARKER = "ZQXJ-unique-marker-7781"
 
@@ -105,7 +105,7 @@ def test_shared_cache_equals_per_item_and_torch(rel, inputs):
     shared = score_sessions(pkg, sessions, batch_size=5, shared_cache=True, **kw)
     each = score_sessions(pkg, sessions, shared_cache=False, **kw)
     model, tok = load_finetuned(rel["base"], rel["adapter"])
-    builder = __import__("care.model.prompts", fromlist=["PromptBuilder"]).PromptBuilder(tok, pkg.instrument, MAX_LENGTH, RESERVE)
+    builder = __import__("care.model.prompts", fromlist=["PromptBuilder"]).PromptBuilder(tok, pkg.instrument, PROMPT)
     reference = torch_score(model, tok, builder, sessions, batch_size=16, shared_cache=False, **kw)
     for a, b, c in zip(shared, each, reference):
         assert a.session_id == b.session_id == c.session_id

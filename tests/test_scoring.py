@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from care.data.instrument import load_instrument
-from care.model.prompts import PromptBuilder, item_block, render_transcript
+from care.model.prompts import PromptBuilder, PromptConfig, item_block, render_transcript
+from care.params import ModelParams
 from care.data.schema import Session, Turn
 from care.evaluation.rationale_quality import rationale_quality
 from care.evaluation.readout import ItemScore, SessionScore, parse_score, readout
@@ -52,7 +53,7 @@ def setup():
     corpus += [item_block(instrument, i, lang) for i in instrument.item_ids for lang in ("zh", "en")]
     corpus += ["0123456789\n"] * 5
     tokenizer = train_tokenizer(corpus * 3, vocab_size=600)
-    builder = PromptBuilder(tokenizer, instrument, max_length=2048, reserve=64)
+    builder = PromptBuilder(tokenizer, instrument, PromptConfig.from_params(ModelParams(max_length=2048, target_tokens=64)))
     model = random_model(tokenizer, hidden_size=64, intermediate_size=128, layers=2, heads=4, seed=1)
     return instrument, sessions, tokenizer, builder, model
 

@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 
 from care.errors import CareError  # noqa: E402
 from care.data.instrument import load_instrument  # noqa: E402
-from care.params import Params  # noqa: E402
-from care.model.prompts import IGNORE_INDEX, PromptBuilder, build_examples  # noqa: E402
+from care.model.prompts import IGNORE_INDEX, PromptBuilder, PromptConfig, build_examples  # noqa: E402
+from care.params import ModelParams, Params  # noqa: E402
 from care.data.schema import Session, Turn  # noqa: E402
 
 WORDS = ["I feel", "stuck", "at work", "my counselor", "listened", "we agreed", "on goals", "it helped",
@@ -63,7 +63,7 @@ def base(tmp_path_factory):
     path = tmp_path_factory.mktemp("base")
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
-    builder = PromptBuilder(tok, inst, max_length=1024, reserve=24)
+    builder = PromptBuilder(tok, inst, PromptConfig.from_params(ModelParams(max_length=1024, target_tokens=24)))
     examples, _ = build_examples(_sessions(4), builder, "rationale")
     return path, tok, examples
 

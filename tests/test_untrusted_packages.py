@@ -24,7 +24,7 @@ import pytest
 
 from conftest import session_dict, write_jsonl_file
 from test_release import build_tiny_release
-from test_tampering import _remanifest, assert_refused
+from test_tampering import _manifest, _remanifest, _score, assert_refused
 from zenml_env import zenml_store  # noqa: F401  (module-scoped fixture)
 
 pytestmark = pytest.mark.timeout(300)
@@ -327,6 +327,27 @@ def test_trusted_keys_of_the_wrong_type_are_refused_in_one_line(pkg, run_cli, in
         result = run_cli("score", "--model", pkg, inputs, "--out", out, "--trusted-key", keys[kind][1])
         assert result.exit_code == 2 and "accepted: an elliptic-curve key on P-256, P-384 or P-521" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output and not out.exists()
+
+
+def test_the_scoring_config_is_the_prompt_config_the_package_was_built_with(rel):
+    from test_release import PROMPT
+
+    from care.model.prompts import PromptConfig
+    from care.release.onnx_runtime import load_package
+
+    loaded = load_package(rel["package"])
+    assert PromptConfig.model_validate(loaded.scoring.model_dump(include=set(PromptConfig.model_fields))) == PROMPT
+    assert loaded.builder.config is loaded.scoring
+    assert loaded.scoring.model_dump(mode="json") == _manifest(rel["package"])["scoring"]
+
+
+def test_a_scoring_config_from_an_older_version_is_refused_in_one_line(run_cli, pkg, inputs, tmp_path):
+    """The old `reserve` key, no context policy: refused (naming both), never read with a default."""
+    old = {k: v for k, v in _manifest(pkg)["scoring"].items() if k not in ("target_tokens", "context_policy")}
+    _remanifest(pkg, scoring={**old, "reserve": 32})
+    out = tmp_path / "o.jsonl"
+    assert_refused(_score(run_cli, pkg, inputs, out), out, "manifest.json: scoring config:",
+                   "target_tokens: Field required", "context_policy: Field required", "reserve: Extra inputs")
 
 
 def test_a_malformed_signature_is_refused_in_one_line(pkg, run_cli, inputs, tmp_path, keys):

@@ -2,11 +2,10 @@
 
 Rules (what may be promoted, what metadata is kept) live in `care.registry.promotion`; this module only talks to
 ZenML. Works the same against a local store and a ZenML server (`zenml login ...`): every call goes
-through `Client()` and the artifact store is reached with `zenml.io.fileio`.
+through `Client()`. The package files live in the artifact store (`zenml_registry.storage`: stored once by
+content, fetched verified); promotions take the model's lock (`zenml_registry.lock`).
 
-Storage. A release package is stored once, as plain files, in the active artifact store under
-``<artifact store>/care-packages/<sha256 of manifest.json>/`` (content-addressed: a package already there
-is not copied again) and registered as a ZenML artifact of type MODEL named ``<model name>-package``
+Packages. A stored package is registered as a ZenML artifact of type MODEL named ``<model name>-package``
 (`register_artifact` with a pre-existing URI: no pickling, no materializer copy). That artifact version is
 linked to the model version; a second model version with a byte-identical package reuses the same artifact
 version.
@@ -14,101 +13,37 @@ version.
 Versions. `register_package` never names a version: ZenML numbers them (1, 2, ...). Called inside a
 pipeline step whose pipeline (or step) carries ``Model(name=<model name>)``, it uses that run's model
 version instead of creating one, so the pipeline's own model version gets the package and metadata.
-
-Pull. The stored manifest must hash to the registered sha256 and the stored folder must hold exactly the
-files it lists (an extra file is refused, as in `care.release.manifest.verify_package`). Files are copied with
-fileio into a temporary directory beside the target, every sha256 in the manifest is checked
-(`care.release.manifest.verify_package`) and the directory is renamed into place only when all match;
-`load_artifact` is never used (it leaves /tmp/zenml-* folders behind).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
 import posixpath
-import random
-import stat
-import time
-from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 
 from zenml.client import Client  # noqa: E402
 from zenml.enums import ArtifactType, ModelStages  # noqa: E402
-from zenml.io import fileio  # noqa: E402
 
-from care.errors import CareError, UsageError, label  # noqa: E402
-from care.fsutil import atomic_dir  # noqa: E402
-from care.release.manifest import MANIFEST, SIGNATURE, read_manifest, verify_package  # noqa: E402
+from care.errors import CareError, UsageError  # noqa: E402
+from care.release.manifest import read_manifest  # noqa: E402
 from care.registry.promotion import (  # noqa: E402
     STAGES, Decision, decide_promotion, key_metrics, registry_metadata, several_holders_message)
+from zenml_registry.lock import promotion_lock  # noqa: E402
+from zenml_registry.storage import check_store, ensure_source_root, fetch_package, store_package  # noqa: E402
 
-PACKAGES_DIR = "care-packages"
-_COPY_CHUNK = 1 << 22
-LOCK_WAIT_S = 60.0  # how long a promotion waits for another one to finish
-LOCK_STALE_S = 300.0  # a promotion lock older than this was left by a crashed promotion and is taken over
+# the registry's API for the CLI and the pipelines (check_store: their preflight of the store)
+__all__ = ["check_store", "list_versions", "promote", "promote_on_pass", "pull_package", "register_package",
+           "retract_version", "show_version", "version_metadata"]
 
 
 def package_artifact_name(model_name: str) -> str:
     return f"{model_name}-package"
 
 
-# ------------------------------------------------------------------------------------------ helpers
-
-
-def _manifest_sha256(package_dir: Path) -> str:
-    return hashlib.sha256((package_dir / MANIFEST).read_bytes()).hexdigest()
-
-
-def _safe_rel(rel: str) -> str:
-    p = PurePosixPath(rel)
-    if p.is_absolute() or not p.parts or any(part in ("", ".", "..") for part in p.parts) or "\\" in rel:
-        raise CareError(f"manifest lists an unsafe path {rel!r}")
-    return p.as_posix()
-
-
-def _ensure_source_root() -> None:
-    """Let ZenML load the active stack's components however `care` was started.
-
-    ZenML resolves stack components through its source root: a `zenml init` repository, else the directory
-    of `__main__`'s file. Without either (`python -c`, a notebook, an embedded interpreter) reaching the
-    artifact store raises RuntimeError; the project root is used then (and only then).
-    """
-    from zenml.utils import source_utils
-
-    try:
-        source_utils.get_source_root()
-    except RuntimeError:
-        source_utils.set_custom_source_root(str(Path(__file__).resolve().parents[1]))
-
-
-def _join(uri: str, rel: str) -> str:
-    return posixpath.join(uri, rel) if "://" in uri else os.path.join(uri, *rel.split("/"))
-
-
-def _stored_files(uri: str) -> set[str]:
-    """Relative POSIX paths of every file under the stored package at `uri` (local or remote store)."""
-    root = uri.rstrip("/")
-    out: set[str] = set()
-    for dirpath, _dirs, files in fileio.walk(uri):
-        dirpath = str(dirpath).rstrip("/")
-        if not dirpath.startswith(root):
-            raise CareError(f"cannot list the stored package at {uri} (walk returned {dirpath})")
-        sub = dirpath[len(root):].replace("\\", "/").strip("/")
-        out.update(f"{sub}/{name}" if sub else str(name) for name in files)
-    return out
-
-
-def _copy_to_store(src: Path, dst: str) -> None:
-    parent = posixpath.dirname(dst) if "://" in dst else os.path.dirname(dst)
-    if parent and not fileio.exists(parent):
-        fileio.makedirs(parent)
-    fileio.copy(str(src), dst, overwrite=True)
+# -------------------------------------------------------------------------------------- model versions
 
 
 def _get_model(client: Client, model_name: str, create: bool = False):
@@ -169,55 +104,7 @@ def _version_label(mv) -> str:
     return str(mv.number)
 
 
-def check_store() -> None:
-    """Refuse, before any work, a ZenML store that does not answer or a local artifact store that cannot be
-    written (one line). The first use of a fresh local store creates its database: processes starting together
-    (two `care train`) take turns through a lock file in ZenML's config directory, or ZenML's own set-up fails."""
-    from zenml.utils.io_utils import get_global_config_directory
-
-    from care.fsutil import check_writable, file_lock
-
-    lock = Path(get_global_config_directory()) / ".care-store-setup.lock"
-    with file_lock(lock, "care (ZenML store set-up)", exclusive=True, wait_s=LOCK_WAIT_S,
-                   refusal=lambda holder: f"the ZenML store is being set up by {holder}; try again"):
-        try:
-            client = Client()
-            client.active_stack_model  # a round trip to the store
-            _ensure_source_root()
-            store = client.active_stack.artifact_store.path
-        except Exception as exc:  # noqa: BLE001 - any failure here means the store cannot be used
-            raise CareError(f"the ZenML store cannot be reached or opened ({type(exc).__name__}); nothing started: "
-                            "check `zenml status`, ZENML_STORE_URL and ZENML_CONFIG_PATH") from None
-    if "://" not in store:
-        check_writable(Path(store) / PACKAGES_DIR)
-
-
 # ----------------------------------------------------------------------------------------- register
-
-
-def store_package(package_dir: str | Path) -> tuple[str, str]:
-    """Copy a verified package into the active artifact store once; return (uri, manifest sha256)."""
-    package_dir = Path(package_dir)
-    manifest = verify_package(package_dir)
-    sha = _manifest_sha256(package_dir)
-    _ensure_source_root()
-    store = Client().active_stack.artifact_store
-    uri = _join(store.path, f"{PACKAGES_DIR}/{sha}")
-    marker = _join(uri, MANIFEST)
-    signed = (package_dir / SIGNATURE).is_file()
-    if fileio.exists(marker):
-        with fileio.open(marker, "rb") as fh:
-            if hashlib.sha256(fh.read()).hexdigest() == sha:
-                if signed and not fileio.exists(_join(uri, SIGNATURE)):  # stored unsigned before: add the signature
-                    _copy_to_store(package_dir / SIGNATURE, _join(uri, SIGNATURE))
-                return uri, sha  # already stored: nothing is copied again
-    # Manifest last: its presence marks a complete copy (works on object stores without rename).
-    for rel in sorted(manifest["files"]):
-        _copy_to_store(package_dir / _safe_rel(rel), _join(uri, rel))
-    if signed:
-        _copy_to_store(package_dir / SIGNATURE, _join(uri, SIGNATURE))
-    _copy_to_store(package_dir / MANIFEST, marker)
-    return uri, sha
 
 
 def _package_artifact(uri: str, model_name: str, metadata: dict[str, Any]):
@@ -294,59 +181,6 @@ def _holders(client: Client, model_name: str, stage: str) -> list:
 
 def _several(model_name: str, stage: str, holders: list) -> CareError:
     return CareError(several_holders_message(model_name, stage, sorted(int(h.number) for h in holders)))
-
-
-def _age_s(created: datetime | None) -> float:
-    if created is None:
-        return 0.0
-    if created.tzinfo is None:  # ZenML stores UTC without a zone
-        created = created.replace(tzinfo=timezone.utc)
-    return (datetime.now(timezone.utc) - created).total_seconds()
-
-
-def _lock_name(model_name: str) -> str:
-    return f"care-promotion-lock-{hashlib.sha256(model_name.encode()).hexdigest()[:32]}"
-
-
-@contextlib.contextmanager
-def promotion_lock(client: Client, model_name: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
-    """Hold the registry's promotion lock of `model_name` (waiting up to `wait_s` seconds for another holder).
-
-    The lock is a ZenML tag with a name unique to the model: creating it is an atomic compare-and-set in the
-    store's database (a unique constraint), so it works the same on a local store and on a ZenML server. It is
-    deleted by its id on exit; one older than LOCK_STALE_S (a crashed promotion) is deleted by id and retaken.
-    """
-    from zenml.exceptions import EntityExistsError
-
-    name = _lock_name(model_name)
-    deadline = time.monotonic() + wait_s
-    pause = 0.05
-    while True:
-        try:
-            lock = client.create_tag(name=name)
-            break
-        except EntityExistsError:
-            try:
-                held = client.get_tag(name, allow_name_prefix_match=False)
-            except KeyError:  # released between the two calls
-                continue
-            age = _age_s(held.created)
-            if age > LOCK_STALE_S:
-                with contextlib.suppress(KeyError):
-                    client.delete_tag(held.id)  # by id: a lock retaken meanwhile is never deleted
-                continue
-            if time.monotonic() >= deadline:
-                raise CareError(f"model {model_name!r}: another promotion holds the registry's promotion lock (taken "
-                                f"{age:.0f} s ago) and did not finish within {wait_s:.0f} s; nothing changed. Try again; "
-                                f"a lock left by a crashed promotion is taken over {LOCK_STALE_S:.0f} s after it was "
-                                "taken") from None
-            time.sleep(pause * (1 + random.random()))
-            pause = min(pause * 2, 1.0)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(KeyError):
-            client.delete_tag(lock.id)
 
 
 def _stage_of(mv) -> str | None:
@@ -482,12 +316,6 @@ def _package_location(client: Client, mv, model_name: str):
     return av
 
 
-def _refuse_odd(src: str, rel: str, number) -> None:
-    """On a local artifact store, refuse a stored entry that is not a regular file (a FIFO would block the copy)."""
-    if "://" not in src and not stat.S_ISREG(os.lstat(src).st_mode):
-        raise CareError(f"version {number}: {label(rel)} in the stored package is not a regular file")
-
-
 def pull_package(out: str | Path, model_name: str, version: str | int | None = None,
                  stage: str | None = None, trusted_key: str | Path | None = None) -> dict[str, Any]:
     """Copy a version's package to `out`, verified; nothing is left at `out` (or beside it) on failure.
@@ -501,53 +329,11 @@ def pull_package(out: str | Path, model_name: str, version: str | int | None = N
     mv = _resolve_version(client, model_name, version=version, stage=stage)
     av = _package_location(client, mv, model_name)
     if av.artifact_store_id:  # instantiating the store registers its filesystem for fileio
-        _ensure_source_root()
+        ensure_source_root()
         from zenml.artifacts.utils import load_artifact_store
 
         load_artifact_store(av.artifact_store_id)
     uri = av.uri
     expected_sha = version_metadata(mv).get("package_sha256") or posixpath.basename(uri.rstrip("/"))
-    created_out = not out.exists()
-    try:
-        with atomic_dir(out) as tmp:
-            marker = _join(uri, MANIFEST)
-            if not fileio.exists(marker):
-                raise CareError(f"version {mv.number}: {MANIFEST} missing from the stored package")
-            _refuse_odd(marker, MANIFEST, mv.number)
-            fileio.copy(marker, str(tmp / MANIFEST), overwrite=True)
-            if hashlib.sha256((tmp / MANIFEST).read_bytes()).hexdigest() != expected_sha:
-                raise CareError(f"version {mv.number}: stored {MANIFEST} does not match the registered sha256")
-            manifest_bytes = (tmp / MANIFEST).read_bytes()
-            manifest = json.loads(manifest_bytes.decode("utf-8"))
-            stored = _stored_files(uri)
-            if SIGNATURE in stored:
-                _refuse_odd(_join(uri, SIGNATURE), SIGNATURE, mv.number)
-                fileio.copy(_join(uri, SIGNATURE), str(tmp / SIGNATURE), overwrite=True)
-            if trusted_key is not None:
-                from care.release.signing import verify_signature
-
-                signature = (tmp / SIGNATURE).read_bytes() if (tmp / SIGNATURE).is_file() else None
-                verify_signature(manifest_bytes, signature, trusted_key, f"version {mv.number}")
-            extra = sorted(stored - set(manifest.get("files", {})) - {MANIFEST, SIGNATURE})
-            if extra:  # the same rule as care.release.manifest.verify_package: exactly the listed files, no more
-                raise CareError(f"version {mv.number}: {len(extra)} file(s) in the stored package are not in its "
-                                f"manifest: " + ", ".join(label(rel) for rel in extra[:20]))
-            missing = []
-            for rel in sorted(manifest.get("files", {})):
-                src = _join(uri, _safe_rel(rel))
-                if not fileio.exists(src):
-                    missing.append(rel)
-                    continue
-                _refuse_odd(src, rel, mv.number)
-                dst = tmp.joinpath(*rel.split("/"))
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                fileio.copy(src, str(dst), overwrite=True)
-            if missing:
-                raise CareError(f"version {mv.number}: {len(missing)} file(s) missing from the stored package: "
-                                + ", ".join(missing))
-            verify_package(tmp)
-    except BaseException:
-        if created_out and out.exists() and not any(out.iterdir()):
-            out.rmdir()
-        raise
+    fetch_package(uri, expected_sha, out, f"version {mv.number}", trusted_key)
     return {"model": model_name, "version": mv.number, "out": str(out), "package_sha256": expected_sha}

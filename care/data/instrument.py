@@ -208,16 +208,6 @@ def instrument_path(ref: str | Path | None = None) -> Path | None:
     return Path(ref)
 
 
-def instrument_digest(ref: str | Path | None = None) -> str:
-    """sha256 of the instrument file's bytes (what cache keys and the run's data check record)."""
-    import hashlib
-
-    path = instrument_path(ref)
-    if path is None or not path.is_file():
-        raise CareError(f"{path}: instrument file not found")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_instrument_verified(ref: str | Path | None = None) -> tuple[Instrument, str]:
     """The instrument and the sha256 of the very bytes it was parsed from (one read: no swap in between)."""
     import hashlib

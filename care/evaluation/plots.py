@@ -1,16 +1,16 @@
-"""Held-out predictions as rows (``metrics/predictions.jsonl``) and predicted-vs-client-rated plots.
+"""Held-out predictions as rows (`care.run.outputs` writes them to ``metrics/predictions.jsonl``) and
+predicted-vs-client-rated plots.
 
 Everything written here is numbers and ids: no transcript or rationale text.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from care.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_lines
+from care.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json
 from care.data.instrument import Instrument
 
 PNG_NAME = "predicted_vs_actual.png"
@@ -57,11 +57,6 @@ def predictions_rows(
                 }
             )
     return rows
-
-
-def write_predictions(rows: Sequence[Mapping], path: str | Path) -> Path:
-    """``metrics/predictions.jsonl``: one JSON row per line."""
-    return atomic_write_lines(path, [json.dumps(r, ensure_ascii=False) for r in rows])
 
 
 def _dimensions(rows: Sequence[Mapping]) -> list[str]:

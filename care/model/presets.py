@@ -35,7 +35,7 @@ def is_tiny(path_or_id: str | Path) -> bool:
     return (Path(path_or_id) / BASE_CARD).is_file()
 
 
-def tiny_base(params: Params) -> tuple[Path, str]:
+def tiny_base(params: Params | FitParams) -> tuple[Path, str]:
     """The shipped tiny base: (directory, content digest), checked against `model.tiny_base.digest`."""
     ref = params.model.tiny_base
     path = Path(ref.path).expanduser()
@@ -50,13 +50,11 @@ def tiny_base(params: Params) -> tuple[Path, str]:
     return path.resolve(), found
 
 
-def prepare_base(params: Params) -> tuple[Path | str, str]:
+def prepare_base(params: Params | FitParams) -> tuple[Path | str, str]:
     """Where the base model lives and its key: the shipped tiny base (key: its content digest), a local
     directory, a hub snapshot already in the local cache, or a hub id that `load_base` passes to
     transformers (which downloads it where it can). Never downloads here."""
-    preset = params.model.preset
-    if preset not in PRESETS:
-        raise CareError(f"model.preset {preset!r} unknown (known: {', '.join(PRESETS)})")
+    preset = params.model.preset  # one of PRESETS: model.preset's Literal
     if params.model.base:
         ref = params.model.base
     elif PRESETS[preset]["kind"] == "tiny":

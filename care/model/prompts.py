@@ -6,8 +6,10 @@ shared transcript cache all see exactly the same token ids. The prompt ends wher
 scale point's digit, or the scale's one-character answer, `Scale.answer`) is the next token; the target is
 that answer, then (rationale targets) a newline and the rationale, then EOS.
 
-A transcript too long for `model.max_length` is cut by whole turns, by the context policy
-(`model.context_policy`, the same in training, scoring and the release package):
+`PromptConfig` holds what shapes a prompt (the context, the target's room, the date templates see, the context
+policy): built from `model.*` params for training, scoring and export, and read back from a release package's
+manifest (its `scoring` section). A transcript too long for `max_length` is cut by whole turns, by the
+context policy:
 - `keep_end` (default): keep the end; drop turns from the start (the client's context line with them);
 - `keep_start_end`: keep the opening (the context line and the first turns, up to half the transcript's
   room) and the end, dropping turns in the middle, where a line `GAP_MARK` stands for them.
@@ -20,15 +22,36 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from care.errors import CareError
 from care.data.instrument import Instrument
 from care.data.prompt_texts import PromptTexts, builtin_prompt_texts
 from care.data.schema import Session
-from care.params import ModelParams
+from care.params import ContextPolicy, Count, ModelParams
 
 IGNORE_INDEX = -100
-CONTEXT_POLICIES = ("keep_end", "keep_start_end")
 GAP_MARK = "…"  # the line that stands for the turns keep_start_end dropped (language-neutral)
+
+
+class PromptConfig(BaseModel):
+    """How prompts are built: the context in tokens, the room kept for the target (score + rationale), the date
+    chat templates see and the context policy. Every field is required: a manifest lacking one is refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_length: Count
+    target_tokens: Count
+    prompt_date: date
+    context_policy: ContextPolicy
+
+    @classmethod
+    def from_params(cls, model: ModelParams) -> PromptConfig:
+        """The prompt config of `model.*` params (their `auto` values resolved, as `load_params` does)."""
+        if model.max_length == "auto":
+            raise CareError("model.max_length is still 'auto': load the params with their preset's recipe")
+        return cls(max_length=model.max_length, target_tokens=model.target_tokens, prompt_date=model.prompt_date,
+                   context_policy=model.context_policy)
 
 
 def render_transcript(session: Session, texts: PromptTexts | None = None, first_turn: int = 0,
@@ -116,26 +139,20 @@ class EncodedSession:
 
 
 class PromptBuilder:
-    """Encodes sessions for one tokenizer and instrument, within a context of `max_length` tokens.
+    """Encodes sessions for one tokenizer and instrument, by `config` (a context of `config.max_length` tokens).
 
-    `reserve` tokens are kept free after the longest item suffix for the target (score + rationale);
-    `context_policy` says which turns a transcript too long for the context keeps (module docstring).
+    `config.target_tokens` tokens are kept free after the longest item suffix for the target (score +
+    rationale); `config.context_policy` says which turns a transcript too long for the context keeps (module
+    docstring).
     """
 
-    def __init__(self, tokenizer, instrument: Instrument, max_length: int, reserve: int,
-                 prompt_date: date = ModelParams.model_fields["prompt_date"].default,
-                 context_policy: str = ModelParams.model_fields["context_policy"].default):
-        if context_policy not in CONTEXT_POLICIES:
-            raise CareError(f"unknown context policy {context_policy!r} (known: {', '.join(CONTEXT_POLICIES)})")
+    def __init__(self, tokenizer, instrument: Instrument, config: PromptConfig):
         from care.model.plain_text import PlainText
 
         self.tokenizer = tokenizer
         self.plain = PlainText(tokenizer)  # client text never becomes a control token
         self.instrument = instrument
-        self.max_length = max_length
-        self.reserve = reserve
-        self.prompt_date = prompt_date
-        self.context_policy = context_policy
+        self.config = config
         self._suffix_cache: dict[str, dict[str, list[int]]] = {}
         self.digit_ids = scale_token_ids(tokenizer, instrument)
         if tokenizer.eos_token_id is None:
@@ -145,7 +162,7 @@ class PromptBuilder:
         if language not in self._suffix_cache:
             self._suffix_cache[language] = {
                 item: _ids(self.tokenizer, _render(self.tokenizer, self.instrument.prompt_texts(language), "",
-                                                 item_block(self.instrument, item, language), self.prompt_date)[1])
+                                                 item_block(self.instrument, item, language), self.config.prompt_date)[1])
                 for item in self.instrument.item_ids
             }
         return self._suffix_cache[language]
@@ -154,17 +171,17 @@ class PromptBuilder:
         texts = self.instrument.prompt_texts(session.language)
         block = item_block(self.instrument, self.instrument.item_ids[0], session.language)
         transcript = render_transcript(session, texts, first_turn, clip, head)
-        prefix, _, start = _render(self.tokenizer, texts, transcript, block, self.prompt_date)
+        prefix, _, start = _render(self.tokenizer, texts, transcript, block, self.config.prompt_date)
         return self.plain.encode(prefix, [(start, start + len(transcript))] if start >= 0 else [])
 
     def encode(self, session: Session) -> EncodedSession:
         """Encode a session; a transcript too long for the context is cut by the context policy."""
         items = self.suffixes(session.language)
-        budget = self.max_length - max(len(s) for s in items.values()) - self.reserve
+        budget = self.config.max_length - max(len(s) for s in items.values()) - self.config.target_tokens
         prefix = self._prefix(session, 0)
         if len(prefix) <= budget:
             return EncodedSession(session.session_id, prefix, items)
-        best = self._keep_start_end(session, budget) if self.context_policy == "keep_start_end" else None
+        best = self._keep_start_end(session, budget) if self.config.context_policy == "keep_start_end" else None
         if best is None:
             best = self._keep_end(session, budget)
         return EncodedSession(session.session_id, best, items, truncated=True)
@@ -194,7 +211,7 @@ class PromptBuilder:
                     lo = mid + 1
             best = self._prefix(session, last, lo)
             if len(best) > budget:
-                raise CareError(f"session={session.session_id}: max_length {self.max_length} leaves no room for the transcript")
+                raise CareError(f"session={session.session_id}: max_length {self.config.max_length} leaves no room for the transcript")
         return best
 
     def _keep_start_end(self, session: Session, budget: int) -> list[int] | None:
@@ -221,8 +238,8 @@ class PromptBuilder:
         ids = self.plain.encode(text, [(len(f"{answer}\n"), len(text))] if rationale is not None else [])
         if ids[0] != self.digit_ids[self.instrument.scale.points.index(score)]:
             raise CareError("the score's answer token does not start the target tokens")
-        clipped = len(ids) + 1 > self.reserve
-        ids = ids[: self.reserve - 1] + [self.tokenizer.eos_token_id]
+        clipped = len(ids) + 1 > self.config.target_tokens
+        ids = ids[: self.config.target_tokens - 1] + [self.tokenizer.eos_token_id]
         return ids, clipped
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from datetime import date
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from care.errors import CareError
 from care.fsutil import atomic_dir
 from care.data.instrument import Instrument
 from care.data.schema import Session
+from care.model.prompts import PromptBuilder, PromptConfig
 
 MODEL_FILE = "model.onnx"
 
@@ -289,9 +289,8 @@ def _torch_answer_logits(model, prompts: list[list[int]], device):
                             for p in prompts]).double().numpy()
 
 
-def check_parity(merged_dir: str | Path, onnx_dir: str | Path, sessions: list[Session], instrument: Instrument, *,
-                 max_length: int, reserve: int, max_logit_diff: float, max_score_diff: float,
-                 prompt_date: date, context_policy: str = "keep_end", device: str = "cpu",
+def check_parity(merged_dir: str | Path, onnx_dir: str | Path, sessions: list[Session], instrument: Instrument,
+                 config: PromptConfig, *, max_logit_diff: float, max_score_diff: float, device: str = "cpu",
                  batch_size: int = 16, torch_device: str | None = None) -> dict[str, Any]:
     """Max |logit| and |expected score| differences, ONNX Runtime (shared cache) vs PyTorch (full prompts).
 
@@ -303,15 +302,12 @@ def check_parity(merged_dir: str | Path, onnx_dir: str | Path, sessions: list[Se
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from care.evaluation.readout import digit_distribution
-    from care.model.prompts import PromptBuilder
     from care.release.onnx_runtime import answer_logits, open_model_dir
 
     if not sessions:
         raise CareError("parity check needs at least one session")
-    pkg = open_model_dir(onnx_dir, instrument, max_length, reserve, device=device, prompt_date=prompt_date,
-                         context_policy=context_policy)
-    hf_builder = PromptBuilder(AutoTokenizer.from_pretrained(str(merged_dir)), instrument, max_length, reserve,
-                               prompt_date, context_policy)
+    pkg = open_model_dir(onnx_dir, instrument, config, device=device)
+    hf_builder = PromptBuilder(AutoTokenizer.from_pretrained(str(merged_dir)), instrument, config)
     tdev = torch.device(torch_device or ("cuda" if device == "cuda" else "cpu"))
     model = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32, use_safetensors=True).to(tdev).eval()
     points = np.asarray(instrument.scale.points, dtype=np.float64)

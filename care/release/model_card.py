@@ -252,7 +252,7 @@ Input: the annotation JSONL format (ratings not needed). Output: one line per se
 expected score, distribution, greedy score{rationale_usage}, and per-dimension scores, each with its
 calibrated `interval` per level when the package has calibration.json; never the transcript (rationales
 quote it, and list where: `quotes: [{{turn, start, end}}]`). `care report` turns the output into an HTML page.
-Scoring config: max_length {s['max_length']}, reserve {s['reserve']}, context policy {s.get('context_policy', 'keep_end')}
-(a longer transcript {_POLICY_WORDS.get(s.get('context_policy', 'keep_end'), 'is cut')}), prompt version {s['prompt_version']}.
+Scoring config: max_length {s['max_length']}, target_tokens {s['target_tokens']}, context policy {s['context_policy']}
+(a longer transcript {_POLICY_WORDS[s['context_policy']]}), prompt version {s['prompt_version']}.
 The package is verified against `manifest.json` before loading; a changed, missing or extra file is refused.
 """

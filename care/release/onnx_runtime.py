@@ -27,11 +27,11 @@ from care.data.schema import Session
 from care.errors import CareError
 from care.evaluation import readout
 from care.evaluation.readout import SessionScore, item_batches, pad_id
-from care.model.prompts import PromptBuilder
+from care.model.prompts import PromptBuilder, PromptConfig
+from care.release.package import ScoringConfig, scoring_config
 
 MODEL_FILE = "model.onnx"
 INSTRUMENT_FILE = "instrument.yaml"
-KEEP_END = "keep_end"  # the context policy of packages built before scoring.context_policy was recorded
 _SPECIAL_ATTRS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -277,6 +277,7 @@ class Package:
 
     root: Path
     manifest: dict[str, Any]
+    scoring: ScoringConfig | None  # the manifest's scoring section (None: an export directory, no manifest)
     instrument: Instrument
     tokenizer: PackageTokenizer
     builder: PromptBuilder
@@ -323,32 +324,21 @@ def load_package(root: str | Path, device: str = "cpu", threads: int | None = No
         shutil.rmtree(private, ignore_errors=True)
 
 
-def _scoring_config(manifest: dict[str, Any], root: Path) -> tuple[int, int, date, str]:
-    scoring = manifest.get("scoring") or {}
-    if not isinstance(scoring, dict) or any(key not in scoring for key in ("max_length", "reserve", "prompt_date")):
-        raise CareError(f"{root}: manifest has no scoring config (max_length, reserve, prompt_date)")
-    try:
-        return (int(scoring["max_length"]), int(scoring["reserve"]), date.fromisoformat(str(scoring["prompt_date"])),
-                str(scoring.get("context_policy", KEEP_END)))  # packages from before context policies: keep_end
-    except (TypeError, ValueError):
-        raise CareError(f"{root}: manifest scoring config is malformed (max_length, reserve: integers; prompt_date: "
-                        "an ISO date)") from None
-
-
-def open_model_dir(root: str | Path, instrument: Instrument | None = None, max_length: int | None = None,
-                   reserve: int | None = None, device: str = "cpu", threads: int | None = None,
-                   manifest: dict[str, Any] | None = None, *, prompt_date: date | None = None,
-                   context_policy: str | None = None, files: Mapping[str, bytes] | None = None,
-                   model: str | Path | None = None) -> Package:
+def open_model_dir(root: str | Path, instrument: Instrument | None = None, config: PromptConfig | None = None,
+                   device: str = "cpu", threads: int | None = None, manifest: dict[str, Any] | None = None, *,
+                   files: Mapping[str, bytes] | None = None, model: str | Path | None = None) -> Package:
     """Build a Package from `files` (name -> verified bytes, as `load_package` passes them) or, without `files`,
     from an export directory read WITHOUT a manifest check (the parity check before packaging).
 
     The model comes from `files["model.onnx"]` (bytes), else from `model` (a path), else `root/model.onnx`. The
-    instrument, max_length, reserve, prompt date and context policy default to the package's (`instrument.yaml`,
-    manifest)."""
+    instrument and the prompt config default to the package's (`instrument.yaml`, the manifest's `scoring`)."""
     from care.data.instrument import parse_instrument
 
     root = Path(root)
+    scoring = None if manifest is None else scoring_config(manifest.get("scoring"), str(root / "manifest.json"))
+    config = config or scoring
+    if config is None:
+        raise CareError(f"{root}: no prompt config (neither given nor from a manifest)")
     if files is None:
         files = {name: (root / name).read_bytes() for name in (*TOKENIZER_FILES, "generation_config.json")
                  if (root / name).is_file()}
@@ -357,11 +347,7 @@ def open_model_dir(root: str | Path, instrument: Instrument | None = None, max_l
         if INSTRUMENT_FILE not in files:
             raise CareError(f"{root}: no {INSTRUMENT_FILE}")
         instrument = parse_instrument(files[INSTRUMENT_FILE].decode("utf-8", "replace"), str(root / INSTRUMENT_FILE))
-    if max_length is None or reserve is None or prompt_date is None or context_policy is None:
-        cfg = _scoring_config(manifest or {}, root)
-        max_length, reserve, prompt_date, context_policy = (max_length or cfg[0], reserve or cfg[1],
-                                                            prompt_date or cfg[2], context_policy or cfg[3])
-    builder = PromptBuilder(tokenizer, instrument, max_length, reserve, prompt_date, context_policy)
+    builder = PromptBuilder(tokenizer, instrument, config)
     try:
         lm = OnnxLM(files[MODEL_FILE] if MODEL_FILE in files else (model or root / MODEL_FILE), device=device,
                     threads=threads)
@@ -374,7 +360,7 @@ def open_model_dir(root: str | Path, instrument: Instrument | None = None, max_l
     eos = {tokenizer.eos_token_id}
     gen = _json_of(files.get("generation_config.json"), str(root)).get("eos_token_id")
     eos |= set(gen) if isinstance(gen, list) else {gen}
-    return Package(root, manifest or {}, instrument, tokenizer, builder, lm, {e for e in eos if e is not None})
+    return Package(root, manifest or {}, scoring, instrument, tokenizer, builder, lm, {e for e in eos if e is not None})
 
 
 # ---------------------------------------------------------------------------------------------- scoring

@@ -20,8 +20,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from care.errors import CareError
+from pydantic import Field, ValidationError
+
+from care.errors import CareError, label
 from care.fsutil import atomic_dir
+from care.model.prompts import PromptConfig
+from care.params import Readout
 from care.release.calibration import write_calibration
 from care.release.manifest import write_manifest
 from care.release.model_card import model_card
@@ -29,7 +33,29 @@ from care.release.model_card import model_card
 FORMAT = "care-release/1"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json")
-REQUIRED_SCORING = ("max_length", "reserve", "context_policy", "languages", "prompt_version", "prompt_date")
+_SHOWN = 10  # problems of a scoring config named in the refusal
+
+
+class ScoringConfig(PromptConfig):
+    """The manifest's `scoring` section: the prompt config the model was trained with, and what else scoring
+    needs to know of the release (every field required; unknown keys are refused)."""
+
+    languages: list[str] = Field(min_length=1)  # the training data's languages
+    prompt_version: str  # digest of the instrument's prompt wording (care.run.release.prompt_version)
+    readout: Readout  # eval.readout of the run
+    grounded_quotes: bool  # eval.grounded_quotes: what `care score` does by default
+
+
+def scoring_config(section: Any, where: str) -> ScoringConfig:
+    """A manifest's `scoring` section, validated; one line naming each wrong key otherwise."""
+    try:
+        return ScoringConfig.model_validate(section)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        wrong = "; ".join(f"{label('.'.join(str(x) for x in e['loc']) or 'scoring')}: {e['msg']}"
+                          for e in errors[:_SHOWN]) + (f"; {len(errors) - _SHOWN} more" if len(errors) > _SHOWN else "")
+        raise CareError(f"{where}: scoring config: {wrong} (a package made by another version of care: rebuild "
+                        "it)") from None
 
 
 def build_package(out_dir: str | Path, onnx_dir: str | Path, tokenizer_dir: str | Path | None,
@@ -40,16 +66,13 @@ def build_package(out_dir: str | Path, onnx_dir: str | Path, tokenizer_dir: str 
     `calibration` (care.evaluation.intervals.calibrate's) is written as calibration.json, so `care score`
     gives intervals.
 
-    `metadata` must hold `scoring` = {max_length, reserve, context_policy, languages, prompt_version, prompt_date}; other keys (data_version,
-    git_commit, params_digest, base_model, cv, gate, parity, ...) are recorded as given (numbers and ids only:
-    never transcript text).
+    `metadata` must hold `scoring` (a `ScoringConfig`'s JSON); other keys (data_version, git_commit,
+    params_digest, base_model, cv, gate, parity, ...) are recorded as given (numbers and ids only: never
+    transcript text).
     """
     onnx_dir = Path(onnx_dir)
     tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else onnx_dir
-    scoring = metadata.get("scoring") or {}
-    missing = [k for k in REQUIRED_SCORING if k not in scoring]
-    if missing:
-        raise CareError(f"package metadata: scoring config lacks {', '.join(missing)}")
+    scoring_config(metadata.get("scoring"), "package metadata")
     model_files = sorted(p for p in onnx_dir.iterdir() if p.name.startswith("model.onnx"))
     if not any(p.name == "model.onnx" for p in model_files):
         raise CareError(f"{onnx_dir}: no model.onnx")

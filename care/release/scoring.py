@@ -110,9 +110,7 @@ def score_file(input_path: str | Path, model: str | Path, out: str | Path | None
     preflight(input_path, out, options)
     pkg = load_package(model, device=options.device, trusted_key=options.trusted_key)
     calibration = load_calibration(pkg.root, pkg.manifest, pkg.instrument)
-    grounded = options.grounded_quotes
-    if grounded is None:
-        grounded = bool((pkg.manifest.get("scoring") or {}).get("grounded_quotes", True))
+    grounded = pkg.scoring.grounded_quotes if options.grounded_quotes is None else options.grounded_quotes
     validated = validate_file(input_path, pkg.instrument, ratings_required=False,
                               progress=None if options.progress else False)
     if validated.problems:

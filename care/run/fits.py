@@ -34,10 +34,9 @@ def prepare_base(data: DataRef, fit: FitParams) -> ModelDir:
 
 def builder(fit: FitParams, tokenizer, instrument):
     """The prompt builder every fit, scorer and release uses for these params."""
-    from care.model.prompts import PromptBuilder
+    from care.model.prompts import PromptBuilder, PromptConfig
 
-    return PromptBuilder(tokenizer, instrument, fit.model.max_length, fit.model.target_tokens, fit.model.prompt_date,
-                         fit.model.context_policy)
+    return PromptBuilder(tokenizer, instrument, PromptConfig.from_params(fit.model))
 
 
 def fit_key(data: DataRef, fit: FitParams, train_ids: list[str], base: ModelDir) -> str:

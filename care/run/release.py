@@ -15,8 +15,10 @@ from pathlib import Path
 import yaml
 
 from care.cache import cache_root, digest, new_entry, source_digest
+from care.model.prompts import PromptConfig
 from care.params import Params
 from care.release.manifest import MANIFEST, sha256_file
+from care.release.package import ScoringConfig
 from care.run.artifacts import ModelDir
 from care.run.data import DataRef
 from care.run.documents import CvDetail, Gate
@@ -86,11 +88,9 @@ def release_metadata(params: Params, data: DataRef, base: ModelDir, instrument, 
         "cv": {**{k: detail[k] for k in _CV_RECORDED},
                **({"intervals": interval_summary(detail["intervals"])} if detail["intervals"] else {})},
         "gate": gate.as_json(),
-        "scoring": {"max_length": params.model.max_length, "reserve": params.model.target_tokens,
-                    "context_policy": params.model.context_policy,
-                    "languages": data.languages, "prompt_version": prompt_version(instrument),
-                    "prompt_date": params.model.prompt_date.isoformat(),
-                    "readout": params.eval.readout, "grounded_quotes": params.eval.grounded_quotes},
+        "scoring": ScoringConfig(**dict(PromptConfig.from_params(params.model)), languages=data.languages,
+                                 prompt_version=prompt_version(instrument), readout=params.eval.readout,
+                                 grounded_quotes=params.eval.grounded_quotes).model_dump(mode="json"),
     }
 
 
@@ -134,9 +134,7 @@ def _build(params: Params, sessions, instrument, model: ModelDir, base: ModelDir
         export = export_onnx(work / "merged", work / "onnx", device=rel.export_device)
         fp16 = rel.export_device == "cuda"
         parity = check_parity(
-            work / "merged", work / "onnx", held, instrument, max_length=params.model.max_length,
-            reserve=params.model.target_tokens, prompt_date=params.model.prompt_date,
-            context_policy=params.model.context_policy,
+            work / "merged", work / "onnx", held, instrument, PromptConfig.from_params(params.model),
             max_logit_diff=rel.fp16_max_logit_diff if fp16 else rel.max_logit_diff,
             max_score_diff=rel.fp16_max_score_diff if fp16 else rel.max_score_diff, device=rel.export_device,
         )
