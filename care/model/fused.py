@@ -31,15 +31,16 @@ class Fused:
         return {"kind": self.kind, "reason": self.reason}
 
 
-def choose_fused(params: Params | FitParams, model_type: str, device_type: str, processes: int) -> Fused:
-    """Decide `train.fused_kernels` for this model and device (auto: liger where it runs and is installed)."""
+def choose_fused(params: Params | FitParams, model_type: str | None, device_type: str, processes: int) -> Fused:
+    """Decide `train.fused_kernels` for this model and device (auto: liger where it runs and is installed).
+    `model_type` None: not known yet (the preflight, before the base is loaded)."""
     asked = params.train.fused_kernels
     if asked == "none":
         return Fused("none", "train.fused_kernels=none")
     problems = []
     if device_type != "cuda":
         problems.append("no CUDA device (Triton kernels)")
-    if model_type not in SUPPORTED:
+    if model_type is not None and model_type not in SUPPORTED:
         problems.append(f"architecture {model_type!r} (supported: {', '.join(SUPPORTED)})")
     if processes > 1:
         problems.append(f"{processes} processes (the fused loss reads the model's inner modules, which DDP wraps)")

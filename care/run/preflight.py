@@ -3,7 +3,8 @@
 Each check is the function the late path calls too, never a second copy: the output checks are the ones the
 writers make (`care.run.outputs`), the fold count is `care.data.folds.check_fold_count` (which `make_folds`
 calls), the gate's names `care.evaluation.gate.check_gate_names`, the helper mapping
-`care.evaluation.baselines.check_helper_map`, the signing key `care.release.signing.configured_key`.
+`care.evaluation.baselines.check_helper_map`, the signing key `care.release.signing.configured_key`, fused kernels
+asked for by name `care.model.fused.choose_fused`.
 A fold count the data cannot fill is refused here in seconds, before the pipeline (one step per fold) is built.
 Params that cannot work whatever the data (a negative seed, an unpassable bar, an empty
 `lora.target_modules`, a registry name with separators) are refused when they load (`care.params`).
@@ -24,6 +25,12 @@ def preflight(params: Params, outputs: Outputs, release: bool) -> None:
     from care.run.data import limited, read_parsed
 
     check_outputs(outputs)
+    if params.train.fused_kernels == "liger":  # asked for by name: refused here, not at the first fine-tune
+        import torch
+
+        from care.model.fused import choose_fused
+
+        choose_fused(params, None, "cuda" if torch.cuda.is_available() else "cpu", params.train.num_processes)
     if release:
         from care.release.signing import configured_key
 
