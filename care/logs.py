@@ -18,7 +18,11 @@ import warnings
 QUIET_LEVELS = {
     "great_expectations": logging.WARNING,
     "great_expectations.data_context.types.base": logging.WARNING,
-    "onnxruntime.transformers": logging.ERROR,  # "symbolic shape inference disabled or failed" on every export
+    "onnxruntime.transformers": logging.ERROR,
+    # ONNX Runtime's optimiser imports its fusions as top-level modules: "symbolic shape inference disabled or
+    # failed" on every export comes from these
+    "fusion_skiplayernorm": logging.ERROR,
+    "fusion_skip_group_norm": logging.ERROR,
     "transformers": logging.ERROR,
     "peft": logging.ERROR,
 }

@@ -452,6 +452,7 @@ def train(
             for check in gate.failed:
                 typer.echo(f"gate check failed: {check}", err=True)
             fail(f"gate failed ({len(gate.failed)} check(s)); nothing was exported or registered", 3)
+        typer.echo(f"gate passed: {sum(c.verdict == 'pass' for c in gate.checks)} check(s)", err=True)
     if result.status != "completed":
         fail(f"pipeline run {result.run} {result.status}: failed step(s) {', '.join(result.failed_steps) or '?'}"
              f" ({result.error}); see the ZenML logs of the run")

@@ -308,7 +308,7 @@ def score_sessions(backend: Backend, builder: PromptBuilder, sessions: Iterable[
 
     sessions = list(sessions)
     results: list[SessionScore] = []
-    with tqdm(total=len(sessions), desc="scoring", unit="session", disable=not progress) as bar:
+    with tqdm(total=len(sessions), desc="scoring", unit="session", disable=not progress, mininterval=1.0) as bar:
         for group in iter_scores(backend, builder, sessions, eos_ids=eos_ids, batch_size=batch_size,
                                  rationales=rationales, max_new_tokens=max_new_tokens, shared_cache=shared_cache,
                                  grounded_quotes=grounded_quotes, session_batch=session_batch):
