@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_pipeline.py"
 
 
@@ -18,6 +20,7 @@ def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]
     return proc, json.loads(out.read_text("utf-8")) if out.is_file() else {}
 
 
+@pytest.mark.slow
 def test_tiny_pipeline_on_cpu_runs_every_stage(tmp_path):
     proc, figures = _run(tmp_path, "--work", str(tmp_path / "work"), "--variants", "default,before",
                          "--profile-out", str(tmp_path / "profile.txt"))

@@ -18,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_peer_recipe_runs_every_row_and_prints_the_ratio(tmp_path):
     out = tmp_path / "peer.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peer_recipe.py"), "--shape", "tiny", "--device",

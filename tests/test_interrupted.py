@@ -308,6 +308,7 @@ def _package(where: Path) -> Path:
     return where
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_killed_pull_leaves_no_package_and_the_next_pull_works(tmp_path):
     from care.errors import CareError
@@ -394,6 +395,7 @@ def _add(repo: Path, env: dict, new: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_add_killed_before_its_rename_leaves_the_old_data(dvc_repo):
     from care.data.intake import TMP_PREFIX
@@ -412,6 +414,7 @@ def test_add_killed_before_its_rename_leaves_the_old_data(dvc_repo):
     assert _dvc_clean(repo, env)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_add_killed_after_its_rename_is_refused_then_restored_by_dvc_checkout(dvc_repo):
     repo, env, new = dvc_repo

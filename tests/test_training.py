@@ -250,6 +250,7 @@ def test_pad_token_never_eos():
     assert t.pad_token == "<|reserved_special_token_0|>"
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_one_process_adapter(base, tmp_path):
     """`train.num_processes: 2` (accelerate launch, DDP over gloo on CPU) trains the same adapter as one
     process: each step holds the same sessions, split over the two, and the summed gradients are the step's

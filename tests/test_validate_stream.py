@@ -45,6 +45,7 @@ def test_chunked_validation_finds_the_same_problems(tmp_path, monkeypatch):
     assert runs.count("turns") > 10 and runs.count("ratings") > 10 and runs.count("sessions") == 1
 
 
+@pytest.mark.slow
 def test_validation_holds_one_session_at_a_time(tmp_path):
     path = write_jsonl_file(tmp_path, corpus_rows(40, n_turns=6))
     alive = []
