@@ -113,6 +113,9 @@ Readout = Literal["expected", "greedy"]  # expected: the probability-weighted sc
 class ModelParams(_Section):
     preset: Literal["tiny", "llama-3.1-8b-instruct", "qwen2.5-7b-instruct"] = "tiny"
     base: str | None = None  # hub id or local path for the real presets (default: the preset's hub id)
+    # the hub commit a hub-id base is pinned to (40 hex digits); the real presets pin their own
+    # (care.model.presets.PRESETS), another hub id must name one
+    revision: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")] | None = None
     finetune: Literal["auto", "lora", "full"] = "auto"  # auto: the preset's recipe (tiny full, real presets lora)
     max_length: Count | Auto = "auto"  # context in tokens; auto: tiny 1024, real presets 8192 (the paper's)
     context_policy: ContextPolicy = "keep_end"

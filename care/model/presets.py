@@ -19,11 +19,16 @@ from care.errors import CareError
 from care.model.base_files import BASE_CARD, base_digest
 from care.params import PRESET_KIND, FitParams, Params
 
-PRESETS: dict[str, dict[str, str | None]] = {
-    "tiny": {"hub_id": None, "kind": PRESET_KIND["tiny"]},
-    "llama-3.1-8b-instruct": {"hub_id": "meta-llama/Llama-3.1-8B-Instruct", "kind": PRESET_KIND["llama-3.1-8b-instruct"]},
-    "qwen2.5-7b-instruct": {"hub_id": "Qwen/Qwen2.5-7B-Instruct", "kind": PRESET_KIND["qwen2.5-7b-instruct"]},
+PRESETS: dict[str, dict[str, str | None]] = {  # hub id, and the hub commit a run of the preset trains on
+    "tiny": {"hub_id": None, "revision": None, "kind": PRESET_KIND["tiny"]},
+    "llama-3.1-8b-instruct": {"hub_id": "meta-llama/Llama-3.1-8B-Instruct",
+                              "revision": "0e9e39f249a16976918f6564b8830bc894c89659",
+                              "kind": PRESET_KIND["llama-3.1-8b-instruct"]},
+    "qwen2.5-7b-instruct": {"hub_id": "Qwen/Qwen2.5-7B-Instruct", "revision": "a09a35458c702b33eeacc393d103063234e8bc28",
+                            "kind": PRESET_KIND["qwen2.5-7b-instruct"]},
 }
+# what a hub snapshot of a base needs (not the repositories' original-format checkpoints)
+SNAPSHOT_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.jinja", "*.model", "*.txt"]
 
 # Tokens used as padding when a tokenizer has none (Llama 3 ships without one). Padding positions are
 # always masked out of the loss by position, never by id, so the choice only has to be a real token that
@@ -50,30 +55,52 @@ def tiny_base(params: Params | FitParams) -> tuple[Path, str]:
     return path.resolve(), found
 
 
+def base_ref(params: Params | FitParams) -> str | None:
+    """`model.base`, else the preset's hub id (None: the tiny preset's shipped base)."""
+    return params.model.base or PRESETS[params.model.preset]["hub_id"]
+
+
+def hub_revision(params: Params | FitParams) -> str | None:
+    """The hub commit the run's base is pinned to: `model.revision`, else the preset's own for its hub id; None for
+    the tiny base and weights on disk. A hub id without a commit is refused: the same params must train on the
+    same weights tomorrow."""
+    ref = base_ref(params)
+    if ref is None or Path(ref).expanduser().exists():
+        return None
+    revision = params.model.revision or (PRESETS[params.model.preset]["revision"]
+                                         if ref == PRESETS[params.model.preset]["hub_id"] else None)
+    if revision is None:
+        raise CareError(f"model.base {ref} is a hub id without a pinned commit: set model.revision to the 40-digit "
+                        "commit to train on (the hub's page of the model lists its commits)")
+    return revision
+
+
 def prepare_base(params: Params | FitParams) -> tuple[Path | str, str]:
     """Where the base model lives and its key: the shipped tiny base (key: its content digest), a local
-    directory, a hub snapshot already in the local cache, or a hub id that `load_base` passes to
-    transformers (which downloads it where it can). Never downloads here."""
-    preset = params.model.preset  # one of PRESETS: model.preset's Literal
-    if params.model.base:
-        ref = params.model.base
-    elif PRESETS[preset]["kind"] == "tiny":
+    directory, or the hub snapshot of the pinned commit (`hub_revision`), from the local hub cache or
+    downloaded into it once (weights as safetensors, config and tokenizer only)."""
+    ref = base_ref(params)
+    if ref is None:
         path, found = tiny_base(params)
         return path, found
-    else:
-        ref = PRESETS[preset]["hub_id"]
     local = Path(ref).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():
             raise CareError(f"model.base {local}: no config.json there (expected a Hugging Face model directory)")
         return local.resolve(), str(local.resolve())
-    try:  # a snapshot already in the local hub cache; never downloads here
-        from huggingface_hub import snapshot_download
+    revision = hub_revision(params)
+    from huggingface_hub import snapshot_download
 
-        snapshot = Path(snapshot_download(ref, local_files_only=True))
-        return snapshot, str(snapshot)
-    except Exception:  # noqa: BLE001 - not cached (or not a hub id): transformers resolves it at load time
-        return str(ref), str(ref)
+    try:
+        snapshot = snapshot_download(ref, revision=revision, local_files_only=True, allow_patterns=SNAPSHOT_FILES)
+    except Exception:  # noqa: BLE001 - not in the local hub cache yet
+        try:
+            snapshot = snapshot_download(ref, revision=revision, allow_patterns=SNAPSHOT_FILES)
+        except Exception as exc:  # noqa: BLE001 - offline, gated, unknown id or commit: one line
+            raise CareError(f"model.base {ref} at commit {revision}: cannot fetch it from the hub "
+                            f"({type(exc).__name__}); log in (`hf auth login`) for a gated model, or give a local "
+                            "path as model.base") from None
+    return Path(snapshot), f"{ref}@{revision}"
 
 
 # --------------------------------------------------------------------------------------------------------

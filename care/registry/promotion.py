@@ -22,8 +22,8 @@ STAGES = ("staging", "production", "archived")
 PROMOTABLE_STAGES = ("staging", "production")
 
 # Top-level string ids copied into the registry (each must look like an id, never free text).
-ID_KEYS = ("data_version", "data_dvc_md5", "git_commit", "params_digest", "base_model", "instrument", "preset",
-           "finetune", "targets", "readout", "created", "care_version", "format")
+ID_KEYS = ("data_version", "data_dvc_md5", "git_commit", "params_digest", "base_model", "base_revision", "instrument",
+           "preset", "finetune", "targets", "readout", "created", "care_version", "format")
 # Top-level booleans copied as they are (data_dirty: the data trained on differs from its DVC record).
 FLAG_KEYS = ("data_dirty",)
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+=\-]{0,255}$")

@@ -154,6 +154,11 @@ def _count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else "n/a"
 
 
+def _revision(revision: str | None) -> str:
+    """The hub commit a hub base was pinned to, when it was one."""
+    return f" at hub commit {revision}" if revision else ""
+
+
 def _base_line(base: Mapping[str, Any] | None) -> str:
     """How the embedded base was built, when the release has one."""
     if not base:
@@ -225,7 +230,7 @@ a measure of a counselor's performance on its own; never use it to make decision
 {chr(10).join(_data_lines(metadata, cv))}
 - Code commit: {metadata.get('git_commit', 'n/a')}
 - Params digest: {metadata.get('params_digest', 'n/a')}
-- Base model: {metadata.get('base_model', 'n/a')} (fine-tune: {metadata.get('finetune', 'n/a')}){_base_line(metadata.get('base'))}
+- Base model: {metadata.get('base_model', 'n/a')}{_revision(metadata.get('base_revision'))} (fine-tune: {metadata.get('finetune', 'n/a')}){_base_line(metadata.get('base'))}
 - Transcript language(s): {langs}
 
 ## Cross-validated metrics (client-grouped folds)

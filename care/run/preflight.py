@@ -4,7 +4,7 @@ Each check is the function the late path calls too, never a second copy: the out
 writers make (`care.run.outputs`), the fold count is `care.data.folds.check_fold_count` (which `make_folds`
 calls), the gate's names `care.evaluation.gate.check_gate_names`, the helper mapping
 `care.evaluation.baselines.check_helper_map`, the signing key `care.release.signing.configured_key`, fused kernels
-asked for by name `care.model.fused.choose_fused`.
+asked for by name `care.model.fused.choose_fused`, a hub base's pinned commit `care.model.presets.hub_revision`.
 A fold count the data cannot fill is refused here in seconds, before the pipeline (one step per fold) is built.
 Params that cannot work whatever the data (a negative seed, an unpassable bar, an empty
 `lora.target_modules`, a registry name with separators) are refused when they load (`care.params`).
@@ -22,9 +22,11 @@ def preflight(params: Params, outputs: Outputs, release: bool) -> None:
     from care.errors import InvalidData
     from care.evaluation.baselines import check_helper_map, computed_baselines
     from care.evaluation.gate import check_gate_names
+    from care.model.presets import hub_revision
     from care.run.data import limited, read_parsed
 
     check_outputs(outputs)
+    hub_revision(params)  # a hub-id base must be pinned to a commit
     if params.train.fused_kernels == "liger":  # asked for by name: refused here, not at the first fine-tune
         import torch
 

@@ -68,6 +68,7 @@ def release_metadata(params: Params, data: DataRef, base: ModelDir, instrument, 
     """What the package records besides its merge, export and parity results (numbers and ids only)."""
     from care.evaluation.intervals import summary as interval_summary
     from care.model.base_files import base_provenance
+    from care.model.presets import hub_revision
 
     detail = cv.as_json()
     return {
@@ -80,6 +81,7 @@ def release_metadata(params: Params, data: DataRef, base: ModelDir, instrument, 
         "git_commit": git_commit(),
         "params_digest": params.digest(),
         "base_model": base_model_id(params.model.base, params.model.preset),
+        "base_revision": hub_revision(params),  # the hub commit trained on (None: the tiny base, weights on disk)
         "base": base_provenance(base.path, base.key),
         "preset": params.model.preset,
         "finetune": params.model.finetune,
