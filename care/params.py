@@ -156,8 +156,8 @@ class TrainParams(_Section):
     # session layout: whole sessions per optimizer step; None: about batch_size x grad_accum items' worth;
     # auto: the preset's recipe (real presets 4, tiny None)
     sessions_per_step: Count | None | Auto = "auto"
-    # session layout: packed sessions per forward pass (one sequence); auto: as many as fit train.memory_cap_gib
-    # (care.model.memory), at most a step's. Changes the speed, not the loss.
+    # session layout: packed sessions per forward pass (one sequence); item layout with share_prefix: micro-batches;
+    # auto: as many as fit train.memory_cap_gib (care.model.memory), at most a step's. Changes the speed, not the loss.
     sessions_per_forward: Count | Auto = "auto"
     memory_cap_gib: Positive | None = None  # what a training step may use; None: the device's memory
     # trainable weights' dtype when the base runs in bf16: bfloat16 keeps a float32 master copy in the optimizer and
@@ -168,9 +168,8 @@ class TrainParams(_Section):
     fused_kernels: Literal["auto", "none", "liger"] = "auto"
     weight_decay: NonNegative = 0.0
     max_grad_norm: Positive = 1.0
-    # encode a session's transcript once per batch and reuse its key/value cache for the batch's items
-    # (same loss as separate examples; batches then never mix sessions). Item layout only; off under
-    # gradient checkpointing.
+    # item layout: a micro-batch holds one session's items and runs packed, its transcript once (same loss as
+    # separate examples; micro-batches then never mix sessions). One process only.
     share_prefix: bool = True
     # weight of the score digit (the first target token) against each rationale token in the loss; 1 is
     # plain token-mean cross-entropy (the paper); with score_only targets it weighs the digit against EOS.

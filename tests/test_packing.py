@@ -173,6 +173,31 @@ def test_session_layout_trains_the_same_weights_when_steps_hold_the_same_items(b
         assert float((a[name] - b[name]).abs().max()) <= 1e-4 * max(scale, 1e-6), name
 
 
+def test_the_shared_prefix_runs_its_micro_batches_packed_any_number_a_forward(base, tmp_path):  # noqa: F811
+    """The item layout with `share_prefix`: each micro-batch (some of one session's items) runs packed behind its
+    transcript; one or three micro-batches a forward train the same adapter, on fewer tokens than without sharing."""
+    from safetensors.torch import load_file
+
+    from care.model.training import finetune
+
+    path, tok, examples = base
+    stats, weights = {}, {}
+    for k in (1, 3):
+        p = _params(tmp_path, packing="item", share_prefix=True, max_steps=2, lr=2e-2, batch_size=5, grad_accum=3,
+                    sessions_per_forward=k)
+        stats[k] = finetune(path, examples, p, tmp_path / f"k{k}")
+        weights[k] = load_file(str(tmp_path / f"k{k}" / "adapter_model.safetensors"))
+    assert stats[1]["shared_prefix"] is True and stats[1]["micro_batches_per_forward"] == 1
+    assert stats[3]["micro_batches_per_forward"] == 3 and stats[1]["items"] == stats[3]["items"]
+    for name in weights[1]:
+        scale = float(weights[1][name].abs().max())
+        assert float((weights[1][name] - weights[3][name]).abs().max()) <= 1e-4 * max(scale, 1e-6), name
+    plain = finetune(path, examples, _params(tmp_path, packing="item", share_prefix=False, max_steps=2, lr=2e-2,
+                                             batch_size=5, grad_accum=3), tmp_path / "plain")
+    assert plain["shared_prefix"] is False and plain["micro_batches_per_forward"] is None
+    assert stats[3]["train_tokens"] <= stats[1]["train_tokens"] < plain["train_tokens"]
+
+
 @pytest.mark.parametrize("implementation", ["packed", "sdpa", "eager"])
 def test_several_sessions_in_one_forward_equal_the_sessions_one_by_one(base, implementation):  # noqa: F811
     """`concat_packed`: sessions of different lengths in one sequence give the sum of their losses and gradients

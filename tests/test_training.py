@@ -104,29 +104,31 @@ def test_loss_is_target_only(base):
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
 
 
-def test_shared_prefix_loss_matches_separate_examples(base):
+def test_a_shared_prefix_micro_batch_packed_matches_its_separate_examples(base):
+    """The item layout's shared prefix: some of one session's items, in any order, packed behind their transcript
+    give the loss and the number of target tokens of the same examples batched one by one."""
+    from care.model.item_layout import collate, target_loss
+    from care.model.packing import pack_session, packed_loss, shared_prefix_length
     from care.model.presets import load_base
-    from care.model.item_layout import collate, shared_prefix_length, shared_prefix_loss, target_loss
 
     path, tok, examples = base
     model, _ = load_base(path, None, "cpu")
-    group = [e for e in examples if e.session_id == examples[0].session_id][:5]
+    group = [e for e in examples if e.session_id == examples[0].session_id][:5][::-1]
     shared = shared_prefix_length(group)
     first = min(next(i for i, x in enumerate(e.labels) if x != IGNORE_INDEX) for e in group)
     assert 1 < shared < first
     with torch.no_grad():
-        a, na = shared_prefix_loss(model, group, tok.pad_token_id, "cpu")
-        b, nb = target_loss(model, collate(group, tok.pad_token_id))
+        a, na = packed_loss(model, pack_session(group), "cpu", 30.0)
+        b, nb = target_loss(model, collate(group, tok.pad_token_id), 30.0)
     assert na == nb
-    assert abs(float(a) - float(b)) < 1e-3 * float(b)
+    assert abs(float(a) - float(b)) < 1e-5 * float(b)
 
 
 def test_the_head_on_target_rows_only_equals_the_union_of_positions(base, monkeypatch):
     """The LM head runs on each row's own targets; a model whose logits are not its output embedding of the
-    last hidden state takes the union-of-positions path (the shared prefix's cache cropped back first):
-    the same loss and gradients either way."""
+    last hidden state takes the union-of-positions path: the same loss and gradients either way."""
     from care.model.presets import load_base
-    from care.model.item_layout import collate, shared_prefix_loss, target_loss
+    from care.model.item_layout import collate, target_loss
 
     path, tok, examples = base
     model, _ = load_base(path, None, "cpu")
@@ -143,13 +145,11 @@ def test_the_head_on_target_rows_only_equals_the_union_of_positions(base, monkey
     calls = []
     real = training.weighted_ce_rows
     monkeypatch.setattr(training, "weighted_ce_rows", lambda *a: calls.append(1) or real(*a))
-    rows = [loss_and_grad(lambda: target_loss(model, collate(group, tok.pad_token_id), 30.0)),
-            loss_and_grad(lambda: shared_prefix_loss(model, group, tok.pad_token_id, "cpu", 30.0))]
-    assert len(calls) == 2
+    rows = [loss_and_grad(lambda: target_loss(model, collate(group, tok.pad_token_id), 30.0))]
+    assert len(calls) == 1
     monkeypatch.setattr(type(model), "get_output_embeddings", lambda self: None)
-    union = [loss_and_grad(lambda: target_loss(model, collate(group, tok.pad_token_id), 30.0)),
-             loss_and_grad(lambda: shared_prefix_loss(model, group, tok.pad_token_id, "cpu", 30.0))]
-    assert len(calls) == 2
+    union = [loss_and_grad(lambda: target_loss(model, collate(group, tok.pad_token_id), 30.0))]
+    assert len(calls) == 1
     for (a, na, ga), (b, nb, gb) in zip(rows, union):
         assert na == nb
         assert abs(a - b) < 1e-5 * b

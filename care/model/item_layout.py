@@ -1,5 +1,5 @@
-"""The item layout's batches and losses: per-item examples right-padded into micro-batches, and (with
-`share_prefix`) a micro-batch of one session's items over one encoding of their shared transcript.
+"""The item layout's batches and losses: per-item examples right-padded into micro-batches. (With `share_prefix` a
+micro-batch holds one session's items and runs packed, care.model.packing, with its transcript once.)
 
 The loss is the score-weighted target-token cross-entropy of `care.model.loss`; logits are computed only at the
 positions that predict a target token (the LM head over a whole transcript would cost as much as the layers).
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from care.errors import CareError
 from care.model.loss import weighted_ce, weighted_ce_rows
-from care.model.packing import shared_prefix_length
 from care.model.prompts import IGNORE_INDEX, Example
 
 
@@ -51,8 +50,6 @@ def _batch_target_loss(model, next_labels, score_weight: float, **inputs):
     vocabulary the head is most of the step); a model whose logits are not its output embedding applied
     to the last hidden state gets the union of positions instead, with the same loss."""
     valid = next_labels != IGNORE_INDEX
-    cache = inputs.get("past_key_values")
-    cached = cache.get_seq_length() if cache is not None else 0
     out = model(**inputs, logits_to_keep=1, output_hidden_states=True)
     hidden = out.hidden_states[-1] if out.hidden_states else None
     head = getattr(model, "module", model).get_output_embeddings()
@@ -64,39 +61,8 @@ def _batch_target_loss(model, next_labels, score_weight: float, **inputs):
         if same:
             return weighted_ce_rows(head(hidden[:, :-1][valid]), next_labels, score_weight)
     positions = valid.any(dim=0).nonzero(as_tuple=True)[0]
-    if cache is not None:
-        cache.crop(cached)  # the first forward appended this batch to the shared prefix's cache
     out = model(**inputs, logits_to_keep=positions)
     logits = out.logits
     if logits.shape[1] != positions.numel():  # a model without logits_to_keep support: all positions came back
         logits = logits[:, positions]
     return weighted_ce(logits, next_labels, positions, score_weight)
-
-
-def shared_prefix_loss(model, examples: list[Example], pad_id: int, device,
-                       score_weight: float = 1.0) -> tuple["torch.Tensor", float]:  # noqa: F821
-    """`target_loss` for examples that share a transcript prefix, encoding the prefix once.
-
-    The prefix runs once (batch 1, with gradients); its key/value cache is repeated over the batch and the
-    per-item parts run on top of it. The loss equals `target_loss` on the full examples: every item still
-    sees exactly its own prompt, and only its own target is scored.
-    """
-    import torch
-
-    shared = shared_prefix_length(examples)
-    if shared < 2:
-        return target_loss(model, {k: v.to(device) for k, v in collate(examples, pad_id).items()}, score_weight)
-    prefix = torch.tensor([examples[0].input_ids[:shared]], dtype=torch.long, device=device)
-    rest = [Example(e.session_id, e.item_id, e.input_ids[shared:], e.labels[shared:]) for e in examples]
-    batch = {k: v.to(device) for k, v in collate(rest, pad_id).items()}
-    out = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    if cache is None:
-        raise CareError("the model returned no key/value cache; set train.share_prefix=false")
-    cache.batch_repeat_interleave(len(examples))
-    labels = batch["labels"]
-    # labels[:, 0] is never a target (shared_prefix_length stops before it), so the shift stays in the suffix
-    next_labels = labels[:, 1:]
-    mask = torch.cat([torch.ones((len(examples), shared), dtype=torch.long, device=device), batch["attention_mask"]], 1)
-    return _batch_target_loss(model, next_labels, score_weight, input_ids=batch["input_ids"], attention_mask=mask,
-                              past_key_values=cache, use_cache=True)

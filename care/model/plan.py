@@ -2,7 +2,7 @@
 this process's share of it. Deterministic in the seed.
 
 Item layout: a step is `grad_accum` micro-batches of `batch_size` examples (with `share_prefix`, micro-batches
-that never mix sessions). Session layout: a step is whole packed sessions (`train.sessions_per_step`, by default
+that never mix sessions, each one packed sequence, `sessions_per_forward` of them to a forward pass). Session layout: a step is whole packed sessions (`train.sessions_per_step`, by default
 about `batch_size x grad_accum` items' worth), run `sessions_per_forward` to a forward pass. In several processes a
 step holds the same micro-batches as in one (rounded up to a multiple of the process count), split over them.
 """
@@ -131,14 +131,14 @@ def step_plan(examples: list[Example], params: Params | FitParams, *, processes:
     plan = plan[: total_steps * per_step]
     whole = [plan[s * per_step:(s + 1) * per_step] for s in range(total_steps)]
     steps = [step[rank::processes] for step in whole]
-    if layout == "session" and sessions_per_forward > 1:
+    if (layout == "session" or shared_prefix) and sessions_per_forward > 1:
         steps = [_forwards(step, sessions_per_forward) for step in steps]
     return StepPlan(layout, shared_prefix, per_step, micro_per_epoch, total_steps, steps, whole)
 
 
 def _forwards(micro: list[list[int]], most: int) -> list[list[int]]:
-    """A step's sessions grouped into as few forward passes of at most `most` as possible, evenly sized."""
-    sessions = [i for m in micro for i in m]
-    n = math.ceil(len(sessions) / most)
-    size = math.ceil(len(sessions) / n)
-    return [sessions[k:k + size] for k in range(0, len(sessions), size)]
+    """A step's micro-batches (packed sessions, or one session's items) grouped into as few forward passes of at
+    most `most` as possible, evenly sized; each forward is the indices of its micro-batches, in order."""
+    n = math.ceil(len(micro) / most)
+    size = math.ceil(len(micro) / n)
+    return [[i for m in micro[k:k + size] for i in m] for k in range(0, len(micro), size)]

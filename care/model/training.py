@@ -3,8 +3,8 @@
 Two layouts (`train.packing`): `session` packs each session into one sequence that holds its transcript
 once (care.model.packing; a step holds whole sessions, `train.sessions_per_step`, run `sessions_per_forward` to a
 forward pass); `item` trains on the examples themselves (care.model.item_layout), in micro-batches of `batch_size`
-that, with `share_prefix`, reuse one encoding of the transcript per micro-batch. Both give the same loss for the same
-examples. The plan of steps is care.model.plan.
+that, with `share_prefix`, hold one session's items and run packed like a session (its transcript once, `sessions_per_forward`
+micro-batches to a forward pass). Both give the same loss for the same examples. The plan of steps is care.model.plan.
 
 The loss is the mean cross-entropy over target tokens only (`care.model.loss`, the score digit weighted by
 `train.score_weight`): the prompt already carries IGNORE_INDEX in `Example.labels`, padding is masked by
@@ -34,10 +34,10 @@ from typing import Any, Callable
 
 from care.errors import CareError
 from care.params import FitParams, Params
-from care.model.item_layout import collate, shared_prefix_loss, target_loss
+from care.model.item_layout import collate, target_loss
 from care.model.loss import target_weight
-from care.model.packing import concat_packed, pack_by_session, packed_inputs, packed_loss, restore_attention, \
-    use_packed_attention
+from care.model.packing import concat_packed, pack_by_session, pack_session, packed_inputs, packed_loss, \
+    restore_attention, use_packed_attention
 from care.model.plan import step_plan
 from care.model.prompts import IGNORE_INDEX, Example
 
@@ -125,23 +125,25 @@ def _set_up(base_dir: str | Path, examples: list[Example], params: Params | FitP
     if fused.kind == "liger":
         apply_liger(model)
 
+    # the item layout's shared prefix: a micro-batch is one session's items, run packed like a session
+    share = layout == "item" and tp.share_prefix and procs == 1
     packed = pack_by_session(examples) if layout == "session" else []
-    attention = use_packed_attention(model) if layout == "session" else None
+    units = packed or (_largest_micro_batches(examples, tp.batch_size) if share else [])
+    attention = use_packed_attention(model) if units else None
     sw, liger = float(tp.score_weight), fused.kind == "liger"
 
     def autocast():
         return torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision.autocast)
 
-    memory = _memory_plan(model, params, examples, packed, _loss_function(model, accelerator.device, sw, liger),
+    memory = _memory_plan(model, params, examples, units, _loss_function(model, accelerator.device, sw, liger),
                           trainable, master is not None, procs, tiny=is_tiny(base_dir), device=accelerator.device,
-                          autocast=autocast)
+                          autocast=autocast, share=share)
     if memory.checkpointing:
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         inner.config.use_cache = False
         if params.model.finetune == "lora":
             model.enable_input_require_grads()
-    share = layout == "item" and tp.share_prefix and not memory.checkpointing and procs == 1
     plan = step_plan(examples, params, processes=procs, rank=rank, shared_prefix=share, n_sessions=len(packed),
                      sessions_per_forward=memory.sessions_per_forward)
 
@@ -190,10 +192,13 @@ def _train(run: _Run, examples: list[Example], params: Params | FitParams, desc:
 
     def inputs_of(step: int) -> list:
         """The step's forward inputs, built on the host and sent ahead (session layout)."""
-        if layout != "session":
-            return [None] * len(plan.steps[step])
-        return [packed_inputs(model, concat_packed([run.packed[i] for i in micro]), accelerator.device, sw)
-                for micro in plan.steps[step]]
+        if layout == "session":
+            return [packed_inputs(model, concat_packed([run.packed[i] for i in micro]), accelerator.device, sw)
+                    for micro in plan.steps[step]]
+        if run.share:  # each micro-batch's items behind their transcript, as one packed sequence
+            return [packed_inputs(model, concat_packed(pack_by_session(examples_of(micro))), accelerator.device, sw)
+                    for micro in plan.steps[step]]
+        return [None] * len(plan.steps[step])
 
     c = _Counts(losses=[])
     if torch.cuda.is_available():
@@ -212,12 +217,9 @@ def _train(run: _Run, examples: list[Example], params: Params | FitParams, desc:
                 sync = k == len(micro) - 1
                 group = examples_of(idx)
                 with (nullcontext() if sync else accelerator.no_sync(model)), run.autocast():
-                    if layout == "session":
+                    if prepared is not None:  # packed: the session layout, or the item layout's shared prefix
                         loss_sum = run.loss_of(prepared)
                         c.train_tokens += len(prepared.packed.input_ids)
-                    elif run.share:
-                        loss_sum, _ = shared_prefix_loss(model, group, pad_id, accelerator.device, sw)
-                        c.train_tokens += sum(len(e.input_ids) for e in group)
                     else:
                         batch = {key: v.to(accelerator.device) for key, v in collate(group, pad_id).items()}
                         loss_sum, _ = target_loss(model, batch, sw)
@@ -266,6 +268,7 @@ def _stats(run: _Run, examples: list[Example], params: Params | FitParams, c: _C
         "shared_prefix": run.share,
         "sessions_per_step": plan.per_step if layout == "session" else None,
         "sessions_per_forward": run.memory.sessions_per_forward if layout == "session" else None,
+        "micro_batches_per_forward": run.memory.sessions_per_forward if run.share else None,
         "examples": len(examples),
         "steps": plan.total_steps,
         "epochs": plan.epochs,
@@ -354,10 +357,19 @@ def _loss_function(model, device, score_weight: float, fused: bool):
     return loss
 
 
+def _largest_micro_batches(examples: list[Example], batch_size: int) -> list:
+    """Per session, its `batch_size` longest items packed: the largest micro-batch the shared-prefix item layout can
+    draw from it (what its memory is planned on)."""
+    groups: dict[str, list[Example]] = {}
+    for e in examples:
+        groups.setdefault(e.session_id, []).append(e)
+    return [pack_session(sorted(g, key=lambda e: -len(e.input_ids))[:batch_size]) for g in groups.values()]
+
+
 def _memory_plan(model, params, examples: list[Example], packed: list, loss_of, trainable: list, master: bool,
-                 procs: int, *, tiny: bool, device, autocast):
-    """Checkpointing and sessions per forward (care.model.memory): the params' choice for the tiny preset,
-    measured for the others."""
+                 procs: int, *, tiny: bool, device, autocast, share: bool = False):
+    """Checkpointing and packed units per forward (care.model.memory; sessions, or with `share` the item layout's
+    micro-batches): the params' choice for the tiny preset, measured for the others."""
     import math
 
     from care.model.memory import MemoryPlan, device_memory, plan_step_memory, resident_bytes
@@ -367,14 +379,17 @@ def _memory_plan(model, params, examples: list[Example], packed: list, loss_of, 
     forced_k = tp.sessions_per_forward if isinstance(tp.sessions_per_forward, int) else None
     forced_gc = params.model.gradient_checkpointing
     most = 1
-    if packed:
+    if share:
+        most = forced_k or math.ceil(tp.grad_accum / procs)
+    elif packed:
         from care.model.plan import sessions_per_step
 
         most = forced_k or math.ceil(sessions_per_step(examples, params) / procs)
     if tiny:
         return MemoryPlan(bool(forced_gc), forced_k or 1,
                           "tiny preset: checkpointing as model.gradient_checkpointing says (off by default); "
-                          + ("train.sessions_per_forward" if forced_k else "one session a forward"))
+                          + ("train.sessions_per_forward" if forced_k else
+                             "one micro-batch a forward" if share else "one session a forward"))
     cap = int(tp.memory_cap_gib * 2**30) if tp.memory_cap_gib else device_memory(device)
     config = model.config
     hidden = getattr(config, "get_text_config", lambda: config)().hidden_size
