@@ -10,9 +10,11 @@ Rows (`--rows`, in this order):
   default      this project's fine-tune with the defaults a real preset resolves to: params.yaml with
                `model.preset=llama-3.1-8b-instruct` and `model.base=<the weights>`, nothing else, through
                `care.model.launch.run_finetune` (the code path of `care train`)
-  item_layout  the previous default for a real preset: item layout, checkpointing on, float32 adapters under
-               autocast, LoRA dropout 0.05, no fused kernels
+  item_layout  the previous default for a real preset: item layout, checkpointing on (which then turned the shared
+               prefix off), float32 adapters under autocast, LoRA dropout 0.05, no fused kernels
   session_checkpointed  the session layout with checkpointing forced on (the fallback on a smaller GPU)
+  item_shared_prefix    the item layout with the real preset's other defaults: its shared prefix runs each
+               micro-batch (one session's items) packed, as many a forward as the memory allows
 
 A randomly initialised model of the shape (benchmarks/random_llama.py) with a small tokenizer trained here stands in
 for the weights; synthetic sessions are lengthened to `--transcript-tokens`. Each row runs a warm-up step, then its
@@ -34,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ROWS = ("peer", "default", "item_layout", "session_checkpointed")
+ROWS = ("peer", "default", "item_layout", "session_checkpointed", "item_shared_prefix")
 FOLD_ITEMS = 630 * 12
 PEER_BATCH = 6
 SETTINGS = {"8b": dict(tokens=1310, sessions=12, peer_batches=4, steps=3),
@@ -209,8 +211,9 @@ def _peer(base: Path, examples: list, settings: dict, device: str) -> dict:
 CARE_ROWS = {
     "default": [],
     "item_layout": ["train.packing=item", "model.gradient_checkpointing=true", "train.adapter_dtype=float32",
-                    "lora.dropout=0.05", "train.fused_kernels=none"],
+                    "lora.dropout=0.05", "train.fused_kernels=none", "train.share_prefix=false"],
     "session_checkpointed": ["model.gradient_checkpointing=true"],
+    "item_shared_prefix": ["train.packing=item"],
 }
 
 
@@ -222,7 +225,8 @@ def _care(base: Path, examples: list, settings: dict, name: str, work: Path) -> 
     stats = run_finetune(base, examples, params, work / f"adapter-{name}", desc=name)
     return {"items_per_s": stats["items_per_s_after_first"], "timed_items": stats["items"],
             "seconds": stats["wall_s"], "packing": stats["packing"], "sessions_per_step": stats["sessions_per_step"],
-            "sessions_per_forward": stats["sessions_per_forward"],
+            "sessions_per_forward": stats["sessions_per_forward"], "shared_prefix": stats["shared_prefix"],
+            "micro_batches_per_forward": stats["micro_batches_per_forward"],
             "gradient_checkpointing": stats["gradient_checkpointing"], "precision": stats["precision"],
             "fused_kernels": stats["fused_kernels"], "memory": stats["memory"], "recipe": stats["recipe"],
             "first_loss": stats["first_loss"]}

@@ -13,7 +13,8 @@ and step (4 whole sessions a step), for `--steps` steps, and reports after the f
   - aten operator calls per packed session (forward, backward and optimizer; counted with a TorchDispatchMode);
   - host milliseconds per packed session (wall time of the steps without counting, on an otherwise idle CPU).
 Rows go from the previous default (checkpointing, float32 adapters under autocast, dropout, one session a forward)
-to the new default one change at a time, and add the item layout (with and without the shared prefix) per item.
+to the new default one change at a time, and add the item layout (with the shared prefix: micro-batches of one
+session's items run packed, as many a forward as fit; without: 6 examples a forward) per session's 12 items.
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ ROWS = (
     ("item_no_sharing", {"train.packing": "item", "train.share_prefix": False, "model.gradient_checkpointing": False,
                          "lora.dropout": 0.0, "train.grad_accum": 8}),
 )
+
+
+def _per_forward(row: dict) -> str:
+    if row["sessions_per_forward"]:
+        return f"{row['sessions_per_forward']} session(s)"
+    if row["micro_batches_per_forward"]:
+        return f"{row['micro_batches_per_forward']} micro-batch(es)"
+    return "1 micro-batch"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,13 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         seconds = _timed(base, examples, params, work / f"{name}-time")
         sessions = stats["items"] / 12 - stats["first_items"] / 12
         row = {"aten_calls_per_session": round(ops / sessions), "host_ms_per_session": round(1e3 * seconds / sessions, 1),
-               "sessions_per_forward": stats["sessions_per_forward"], "checkpointing": stats["gradient_checkpointing"],
+               "sessions_per_forward": stats["sessions_per_forward"],
+               "micro_batches_per_forward": stats.get("micro_batches_per_forward"),
+               "checkpointing": stats["gradient_checkpointing"],
                "precision": stats["precision"]["adapter_dtype"], "autocast": stats["precision"]["autocast"],
                "packing": stats["packing"], "shared_prefix": stats["shared_prefix"]}
         results["rows"][name] = row
         print(f"{name:22s} {row['aten_calls_per_session']:8d} aten calls  {row['host_ms_per_session']:8.1f} ms  "
               f"({row['packing']}, checkpointing {row['checkpointing']}, {row['precision']}"
-              f"{' autocast' if row['autocast'] else ''}, {row['sessions_per_forward'] or '-'} a forward)", flush=True)
+              f"{' autocast' if row['autocast'] else ''}, {_per_forward(row)} a forward)", flush=True)
     rows = results["rows"]
     if "before" in rows and "default" in rows:
         results["ratio"] = {k: round(rows["before"][k] / rows["default"][k], 2)

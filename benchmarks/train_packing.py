@@ -7,8 +7,8 @@
 CPU (default): the tiny preset fine-tunes one epoch (LoRA, the default params) on synthetic sessions
 lengthened to CounselingWAI size (about `--utterances` utterances of about `--chars` characters; the
 context is widened so no transcript is cut), once per layout, each in its own process (clean peak RSS):
-`item` with every example encoded in full, `item+share_prefix` (the item layout's transcript cache,
-one encoding per micro-batch of 6), and `session`. `--llama8b`: a randomly initialised
+`item` with every example encoded in full, `item+share_prefix` (micro-batches of 6 of one session's
+items, each run packed behind its transcript), and `session`. `--llama8b`: a randomly initialised
 Llama-3.1-8B-shaped model in bf16 on the GPU (SDPA, LoRA r16, gradient checkpointing), random token ids
 at realistic lengths; tokens/s and peak GPU memory per layout.
 

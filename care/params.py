@@ -169,7 +169,7 @@ class TrainParams(_Section):
     weight_decay: NonNegative = 0.0
     max_grad_norm: Positive = 1.0
     # item layout: a micro-batch holds one session's items and runs packed, its transcript once (same loss as
-    # separate examples; micro-batches then never mix sessions). One process only.
+    # separate examples; micro-batches then never mix sessions).
     share_prefix: bool = True
     # weight of the score digit (the first target token) against each rationale token in the loss; 1 is
     # plain token-mean cross-entropy (the paper); with score_only targets it weighs the digit against EOS.

@@ -22,14 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_peer_recipe_runs_every_row_and_prints_the_ratio(tmp_path):
     out = tmp_path / "peer.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peer_recipe.py"), "--shape", "tiny", "--device",
-                           "cpu", "--rows", "peer,default,item_layout", "--out", str(out)],
+                           "cpu", "--rows", "peer,default,item_layout,item_shared_prefix", "--out", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("ratio: default_vs_peer=")
     figures = json.loads(out.read_text("utf-8"))
     rows = figures["rows"]
-    assert all(rows[r]["status"] == "done" and rows[r]["items_per_s"] > 0 for r in ("peer", "default", "item_layout"))
+    assert all(rows[r]["status"] == "done" and rows[r]["items_per_s"] > 0
+               for r in ("peer", "default", "item_layout", "item_shared_prefix"))
     assert float(last.split("=")[1]) == pytest.approx(rows["default"]["items_per_s"] / rows["peer"]["items_per_s"],
                                                       abs=0.01)
     default = rows["default"]
@@ -37,6 +38,8 @@ def test_peer_recipe_runs_every_row_and_prints_the_ratio(tmp_path):
     assert default["packing"] == "session" and default["sessions_per_step"] == 4
     assert default["recipe"]["train.packing"].startswith("auto -> 'session'")
     assert rows["item_layout"]["packing"] == "item" and rows["item_layout"]["gradient_checkpointing"] is True
+    assert rows["item_layout"]["shared_prefix"] is False and rows["item_shared_prefix"]["shared_prefix"] is True
+    assert rows["item_shared_prefix"]["micro_batches_per_forward"] >= 1
     assert rows["default"]["fold_epoch_s"] == pytest.approx(630 * 12 / default["items_per_s"], rel=1e-2)
 
 

@@ -251,19 +251,24 @@ def test_pad_token_never_eos():
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_one_process_adapter(base, tmp_path):
+@pytest.mark.parametrize("packing", ["session", "item"])
+def test_two_processes_give_the_one_process_adapter(base, tmp_path, packing):
     """`train.num_processes: 2` (accelerate launch, DDP over gloo on CPU) trains the same adapter as one
-    process: each step holds the same sessions, split over the two, and the summed gradients are the step's
-    mean. Only the order of float additions differs (stated tolerance: 1e-5 absolute on every weight)."""
+    process: each step holds the same sessions (or, in the item layout with its shared prefix, the same packed
+    micro-batches), split over the two, and the summed gradients are the step's mean. Only the order of float
+    additions differs (stated tolerance: 1e-5 absolute on every weight)."""
     from care.model.launch import run_finetune
 
     path, tok, examples = base
-    p1 = _params(tmp_path, packing="session", batch_size=12, grad_accum=2, max_steps=3)  # 2 sessions a step
-    p2 = _params(tmp_path, packing="session", batch_size=12, grad_accum=2, max_steps=3, num_processes=2)
+    p1 = _params(tmp_path, packing=packing, batch_size=12, grad_accum=2, max_steps=3)  # 2 sessions a step
+    p2 = _params(tmp_path, packing=packing, batch_size=12, grad_accum=2, max_steps=3, num_processes=2)
     s1 = run_finetune(path, examples, p1, tmp_path / "one")
     s2 = run_finetune(path, examples, p2, tmp_path / "two")
     assert (s1["processes"], s2["processes"]) == (1, 2) and s1["steps"] == s2["steps"] == 3
-    assert s1["sessions_per_step"] == s2["sessions_per_step"] == 2
+    if packing == "session":
+        assert s1["sessions_per_step"] == s2["sessions_per_step"] == 2
+    else:
+        assert s1["shared_prefix"] is s2["shared_prefix"] is True
     a, b = _adapter_tensors(tmp_path / "one"), _adapter_tensors(tmp_path / "two")
     assert a.keys() == b.keys() and a
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)

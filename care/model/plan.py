@@ -2,9 +2,10 @@
 this process's share of it. Deterministic in the seed.
 
 Item layout: a step is `grad_accum` micro-batches of `batch_size` examples (with `share_prefix`, micro-batches
-that never mix sessions, each one packed sequence, `sessions_per_forward` of them to a forward pass). Session layout: a step is whole packed sessions (`train.sessions_per_step`, by default
-about `batch_size x grad_accum` items' worth), run `sessions_per_forward` to a forward pass. In several processes a
-step holds the same micro-batches as in one (rounded up to a multiple of the process count), split over them.
+that never mix sessions, each run packed, `sessions_per_forward` of them to a forward pass). Session layout: a step
+is whole packed sessions (`train.sessions_per_step`, by default about `batch_size x grad_accum` items' worth), run
+`sessions_per_forward` to a forward pass. In several processes a step holds the same micro-batches as in one
+(rounded up to a multiple of the process count), split over them.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Two layouts (`train.packing`): `session` packs each session into one sequence that holds its transcript
 once (care.model.packing; a step holds whole sessions, `train.sessions_per_step`, run `sessions_per_forward` to a
 forward pass); `item` trains on the examples themselves (care.model.item_layout), in micro-batches of `batch_size`
-that, with `share_prefix`, hold one session's items and run packed like a session (its transcript once, `sessions_per_forward`
-micro-batches to a forward pass). Both give the same loss for the same examples. The plan of steps is care.model.plan.
+that, with `share_prefix`, hold one session's items and run packed like a session (its transcript once,
+`sessions_per_forward` micro-batches to a forward pass). Both give the same loss for the same examples. The plan of
+steps is care.model.plan.
 
 The loss is the mean cross-entropy over target tokens only (`care.model.loss`, the score digit weighted by
 `train.score_weight`): the prompt already carries IGNORE_INDEX in `Example.labels`, padding is masked by
@@ -126,7 +127,7 @@ def _set_up(base_dir: str | Path, examples: list[Example], params: Params | FitP
         apply_liger(model)
 
     # the item layout's shared prefix: a micro-batch is one session's items, run packed like a session
-    share = layout == "item" and tp.share_prefix and procs == 1
+    share = layout == "item" and tp.share_prefix
     packed = pack_by_session(examples) if layout == "session" else []
     units = packed or (_largest_micro_batches(examples, tp.batch_size) if share else [])
     attention = use_packed_attention(model) if units else None
@@ -191,7 +192,7 @@ def _train(run: _Run, examples: list[Example], params: Params | FitParams, desc:
         return [examples[i] for i in micro]
 
     def inputs_of(step: int) -> list:
-        """The step's forward inputs, built on the host and sent ahead (session layout)."""
+        """The step's forward inputs, built on the host and sent ahead (the packed layouts)."""
         if layout == "session":
             return [packed_inputs(model, concat_packed([run.packed[i] for i in micro]), accelerator.device, sw)
                     for micro in plan.steps[step]]
