@@ -78,10 +78,15 @@ def pack_session(examples: list[Example]) -> PackedSession:
 
 def pack_by_session(examples: list[Example]) -> list[PackedSession]:
     """One packed sequence per session, sessions and items in order of first appearance."""
+    return [pack_session(g) for g in by_session(examples).values()]
+
+
+def by_session(examples: list[Example]) -> dict[str, list[Example]]:
+    """The examples of each session, sessions and items in order of first appearance."""
     groups: dict[str, list[Example]] = {}
     for e in examples:
         groups.setdefault(e.session_id, []).append(e)
-    return [pack_session(g) for g in groups.values()]
+    return groups
 
 
 def concat_packed(sessions: list[PackedSession]) -> PackedSession:

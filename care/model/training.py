@@ -37,8 +37,8 @@ from care.errors import CareError
 from care.params import FitParams, Params
 from care.model.item_layout import collate, target_loss
 from care.model.loss import target_weight
-from care.model.packing import concat_packed, pack_by_session, pack_session, packed_inputs, packed_loss, \
-    restore_attention, use_packed_attention
+from care.model.packing import by_session, concat_packed, pack_by_session, pack_session, packed_inputs, \
+    packed_loss, restore_attention, use_packed_attention
 from care.model.plan import step_plan
 from care.model.prompts import IGNORE_INDEX, Example
 
@@ -182,13 +182,11 @@ def _train(run: _Run, examples: list[Example], params: Params | FitParams, desc:
     accelerator, model, plan, procs = run.accelerator, run.model, run.plan, run.procs
     layout, tp = params.train.packing, params.train
     sw, pad_id = float(tp.score_weight), run.tokenizer.pad_token_id
-    by_session: dict[str, list[Example]] = {}
-    for e in examples:
-        by_session.setdefault(e.session_id, []).append(e)
+    sessions = by_session(examples)
 
     def examples_of(micro: list[int]) -> list[Example]:
         if layout == "session":
-            return [e for i in micro for e in by_session[run.packed[i].session_id]]
+            return [e for i in micro for e in sessions[run.packed[i].session_id]]
         return [examples[i] for i in micro]
 
     def inputs_of(step: int) -> list:
@@ -361,10 +359,8 @@ def _loss_function(model, device, score_weight: float, fused: bool):
 def _largest_micro_batches(examples: list[Example], batch_size: int) -> list:
     """Per session, its `batch_size` longest items packed: the largest micro-batch the shared-prefix item layout can
     draw from it (what its memory is planned on)."""
-    groups: dict[str, list[Example]] = {}
-    for e in examples:
-        groups.setdefault(e.session_id, []).append(e)
-    return [pack_session(sorted(g, key=lambda e: -len(e.input_ids))[:batch_size]) for g in groups.values()]
+    return [pack_session(sorted(g, key=lambda e: -len(e.input_ids))[:batch_size])
+            for g in by_session(examples).values()]
 
 
 def _memory_plan(model, params, examples: list[Example], packed: list, loss_of, trainable: list, master: bool,
